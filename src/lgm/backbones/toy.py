@@ -1,0 +1,35 @@
+"""A tiny random CNN for tests and smoke runs (no weights to install)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lgm.backbones.base import BackboneInfo
+
+TOY_INFO = BackboneInfo(
+    name="toy_cnn",
+    feature_dim=32,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    input_size=None,
+    weights="fixed random init (seed 0); for tests and smoke runs only",
+    feature="global average pool",
+)
+
+
+def build_toy(random_init: bool, weights: str | None) -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.GELU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.GELU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.1))
+    return net

@@ -1,0 +1,82 @@
+"""The `lgm` command: thin wrappers that build configs and call the library."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+
+from lgm.config import DistillConfig
+from lgm.demo import DemoConfig
+from lgm.errors import LgmError
+
+
+@dataclass(frozen=True)
+class DistillCommand:
+    """Distill a dataset into ipc synthetic images per class for a frozen backbone.
+
+    Re-running the same command on the same --out resumes from the last
+    checkpoint; a finished run is not redone.
+    """
+
+    config: Annotated[DistillConfig, tyro.conf.OmitArgPrefixes]
+    out: str
+    """Run directory (config.json, metrics.jsonl, checkpoint, distilled.safetensors/.json, grid.png)."""
+
+
+@dataclass(frozen=True)
+class ListBackbones:
+    """List the registered backbones."""
+
+
+@dataclass(frozen=True)
+class ListDatasets:
+    """List the registered datasets."""
+
+
+def _run(cmd) -> int:
+    if isinstance(cmd, DistillCommand):
+        from lgm.distillation import distill
+
+        distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+    elif isinstance(cmd, DemoConfig):
+        from lgm.demo import run_demo
+
+        run_demo(cmd)
+    elif isinstance(cmd, ListBackbones):
+        from lgm.backbones import list_backbones
+
+        for info in list_backbones():
+            size = info.input_size or "any"
+            print(f"{info.name:20s} dim {info.feature_dim:5d}  input {size!s:4s}  weights: {info.weights}")
+    elif isinstance(cmd, ListDatasets):
+        from lgm.data import DATASETS
+
+        for name in DATASETS.names():
+            print(name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cmd = tyro.extras.subcommand_cli_from_dict(
+        {
+            "distill": DistillCommand,
+            "demo": DemoConfig,
+            "backbones": ListBackbones,
+            "datasets": ListDatasets,
+        },
+        prog="lgm",
+        description="Linear Gradient Matching: distill image datasets for linear probes on frozen backbones.",
+        args=argv,
+    )
+    try:
+        return _run(cmd)
+    except LgmError as e:
+        print(f"lgm: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

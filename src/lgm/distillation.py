@@ -1,0 +1,308 @@
+"""The distillation loop: Linear Gradient Matching with checkpoint/resume.
+
+One step (``distill_step``) reads like the paper's Section 3: sample a head,
+take the real gradient, render and augment the synthetic set, take its
+gradient, compare by cosine, step. Everything around it (run directories,
+checkpoints, signals, metrics) lives in ``lgm.rundir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lgm.artifacts import DistilledSet, atomic_save_tensors, load_tensors
+from lgm.augment import AugmentConfig, augment
+from lgm.backbones import BACKBONES, Backbone, load_backbone
+from lgm.config import DistillConfig
+from lgm.data import DATASETS, ImageDataset, load_dataset, stratified_indices
+from lgm.errors import LgmError, NonFiniteLossError
+from lgm.features import CachedReal, LiveReal, compute_feature_cache
+from lgm.grid import save_grid
+from lgm.matching import head_gradient, meta_loss, sample_head
+from lgm.rundir import Checkpoint, RunDir, StopSignals
+from lgm.synthetic import SyntheticImages, make_synthetic
+from lgm.version import __version__
+
+GENERATOR_NAMES = ("init", "head", "aug", "real")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LgmError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def autocast_context(cfg: DistillConfig, device: torch.device):
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class Generators:
+    """Every source of randomness of a run, each an explicit torch.Generator.
+
+    ``real`` indexes host memory and lives on the CPU; the others draw on the
+    compute device so that noise and crops never cross the bus.
+    """
+
+    init: torch.Generator
+    head: torch.Generator
+    aug: torch.Generator
+    real: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int, device: torch.device) -> "Generators":
+        gens = {}
+        for i, name in enumerate(GENERATOR_NAMES):
+            g = torch.Generator(device="cpu" if name == "real" else device)
+            g.manual_seed((seed << 8) | i)
+            gens[name] = g
+        return cls(**gens)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).get_state() for name in GENERATOR_NAMES}
+
+    def load_state_tensors(self, states: dict[str, torch.Tensor]) -> None:
+        for name in GENERATOR_NAMES:
+            getattr(self, name).set_state(states[name].cpu())
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+
+
+def regrow_optimizer(old: torch.optim.Adam, syn: SyntheticImages, cfg: DistillConfig) -> torch.optim.Adam:
+    """A new Adam over the grown parameter set; moments carried over unless resetting (authors)."""
+    new = make_optimizer(list(syn.parameters()), cfg.lr)
+    if not cfg.reset_adam_on_growth:
+        for p in syn.parameters():
+            if p in old.state:
+                new.state[p] = old.state[p]
+    return new
+
+
+def distill_step(
+    syn: SyntheticImages,
+    syn_labels: torch.Tensor,
+    num_classes: int,
+    backbone: Backbone,
+    real: LiveReal | CachedReal,
+    optimizer: torch.optim.Optimizer,
+    gens: Generators,
+    cfg: DistillConfig,
+    aug_cfg: AugmentConfig,
+    autocast,
+) -> torch.Tensor:
+    """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync)."""
+
+    # 1. A fresh random linear head.
+    w, b = sample_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init)
+
+    # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
+    g_real = real.gradient(w, b, real_batch_size(cfg, num_classes), gens.real, gens.aug)
+
+    # 3. Synthetic side: render, A independently augmented copies, features with autograd.
+    x_syn = syn.render().repeat(cfg.augs, 1, 1, 1)
+    with autocast:
+        z_syn = backbone.features(augment(x_syn, cfg.crop, aug_cfg, gens.aug))
+    g_syn = head_gradient(z_syn.float(), syn_labels.repeat(cfg.augs), w, b)
+
+    # 4. Cosine distance between the two head gradients; backprop to the image parameters.
+    loss = meta_loss(g_real, g_syn)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def real_batch_size(cfg: DistillConfig, num_classes: int) -> int:
+    return cfg.real_batch or cfg.ipc * cfg.augs * num_classes
+
+
+def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
+                    run: RunDir | None) -> LiveReal | CachedReal:
+    aug_cfg = _aug_config(cfg)
+    if cfg.real_features == "live":
+        return LiveReal(ds.train, cfg.res, cfg.crop, aug_cfg, backbone, device, autocast)
+    cache_path = run.path / "real_features.safetensors" if run is not None else None
+    if cache_path is not None and cache_path.is_file():
+        tensors = load_tensors(cache_path)
+        return CachedReal(tensors["features"], tensors["labels"], device)
+    split = ds.train
+    if cfg.cache_per_class:
+        picker = torch.Generator().manual_seed((cfg.seed << 8) | 5)
+        split = split.subset(torch.sort(stratified_indices(split.labels, cfg.cache_per_class, picker)).values)
+    gen = torch.Generator(device=device).manual_seed((cfg.seed << 8) | 4)
+    feats, labels = compute_feature_cache(backbone, split, cfg.res, cfg.crop, aug_cfg, cfg.cache_views, gen,
+                                          device, autocast, progress=cfg.progress)
+    if cache_path is not None:
+        atomic_save_tensors(cache_path, {"features": feats, "labels": labels},
+                            metadata={"config_hash": cfg.hash(), "backbone": backbone.name, "dataset": ds.name})
+    return CachedReal(feats, labels, device)
+
+
+def _aug_config(cfg: DistillConfig) -> AugmentConfig:
+    return AugmentConfig(kind=cfg.aug, clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean)
+
+
+def _log(msg: str) -> None:
+    print(f"lgm: {msg}", file=sys.stderr, flush=True)
+
+
+def distill(
+    dataset: str | ImageDataset,
+    backbone: str | Backbone,
+    config: DistillConfig | None = None,
+    out: str | Path | None = None,
+    **overrides,
+) -> DistilledSet:
+    """Distill ``dataset`` into ``config.ipc`` images per class for ``backbone``.
+
+    ``dataset`` and ``backbone`` are registry names or already-built objects;
+    ``out`` is a run directory (created, resumed, or returned as is when
+    finished). Keyword overrides replace config fields, e.g. ``steps=200``.
+    """
+    ds_name = dataset if isinstance(dataset, str) else dataset.name
+    bb_name = backbone if isinstance(backbone, str) else backbone.name
+    if config is None:
+        config = DistillConfig(dataset=ds_name, backbone=bb_name, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    cfg = config.resolved()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    # Unknown names fail before a run directory is created.
+    if isinstance(dataset, str):
+        DATASETS.get(cfg.dataset)
+    if isinstance(backbone, str):
+        BACKBONES.get(cfg.backbone)
+
+    run = RunDir(Path(out)) if out is not None else None
+    if run is not None:
+        run.prepare(cfg)
+        if run.finished():
+            _log(f"{run.path} already holds a finished run ({cfg.steps} steps); nothing to do")
+            return DistilledSet.load(run.path)
+
+    ds = load_dataset(cfg.dataset, cfg.data_root) if isinstance(dataset, str) else dataset
+    bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights) if isinstance(backbone, str)
+          else backbone.to(device))
+    n_real = real_batch_size(cfg, ds.num_classes)
+    if cfg.real_features == "live" and n_real > len(ds.train):
+        how = "--real-batch" if cfg.real_batch else f"ipc*augs*classes = {cfg.ipc}*{cfg.augs}*{ds.num_classes}"
+        raise LgmError(
+            f"the real batch ({how} = {n_real}) is larger than the training set of {ds.name} "
+            f"({len(ds.train)} images); lower --augs, --ipc or --real-batch"
+        )
+
+    gens = Generators.from_seed(cfg.seed, device)
+    syn = make_synthetic(cfg.param, ds.num_classes * cfg.ipc, cfg.res, cfg.decorrelate, gens.init,
+                         cfg.grow_every).to(device)
+    syn_labels = torch.arange(ds.num_classes, device=device).repeat_interleave(cfg.ipc)
+    optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
+    start, elapsed = 0, 0.0
+    if run is not None and run.has_checkpoint():
+        ckpt = run.load_checkpoint()
+        syn.load_state_tensors(ckpt.synthetic)
+        optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
+        ckpt.load_optimizer(optimizer)
+        gens.load_state_tensors(ckpt.generators)
+        start, elapsed = ckpt.step, ckpt.seconds
+        _log(f"resuming {run.path} from step {start}/{cfg.steps}")
+    if run is not None:
+        run.open_metrics(keep_before=start)
+
+    autocast = autocast_context(cfg, device)
+    real = build_real_side(cfg, ds, bb, device, autocast, run)
+    aug_cfg = _aug_config(cfg)
+    sync_every = 1 if device.type == "cpu" else 25
+    pending: list[tuple[int, torch.Tensor, int]] = []
+    good_step = start
+
+    def checkpoint(step: int) -> None:
+        nonlocal good_step
+        if run is not None:
+            run.save_checkpoint(Checkpoint.capture(step, elapsed, syn, optimizer, gens, cfg))
+        good_step = step
+
+    def flush(bar) -> None:
+        if not pending:
+            return
+        losses = torch.stack([p[1] for p in pending]).float().cpu().tolist()
+        for (step, _, levels), loss in zip(pending, losses):
+            if not torch.isfinite(torch.tensor(loss)):
+                pending.clear()
+                where = f"; the last good checkpoint (step {good_step}) is kept in {run.path}" if run else ""
+                raise NonFiniteLossError(
+                    f"the meta loss became {loss} at step {step}{where}. Lower --lr, or use --amp off "
+                    "if mixed precision is on; re-running resumes from the checkpoint."
+                )
+            if run is not None:
+                run.log_metrics({"step": step, "loss": loss, "levels": levels, "seconds": round(elapsed, 3)})
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", levels=pending[-1][2], refresh=False)
+        pending.clear()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc="distill", unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    with StopSignals() as stop:
+        try:
+            for step in range(start, cfg.steps):
+                t0 = time.perf_counter()
+                if syn.grow_to(step, gens.init):
+                    optimizer = regrow_optimizer(optimizer, syn, cfg)
+                loss = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg, aug_cfg, autocast)
+                elapsed += time.perf_counter() - t0
+                pending.append((step, loss, syn.levels))
+                bar.update(1)
+                done = step + 1
+                if done % sync_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.signal:
+                    flush(bar)
+                if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                    checkpoint(done)
+                if stop.signal and done < cfg.steps:
+                    checkpoint(done)
+                    raise stop.interrupted(done, cfg.steps, run.path if run else None)
+        finally:
+            bar.close()
+            if run is not None:
+                run.close_metrics()
+
+    checkpoint(cfg.steps)
+    with torch.no_grad():
+        images = syn.render().float().cpu()
+    result = DistilledSet(
+        images=images,
+        labels=syn_labels.cpu(),
+        class_names=list(ds.class_names),
+        meta={
+            "kind": "distilled",
+            "method": "linear-gradient-matching",
+            "dataset": ds.name,
+            "backbone": bb.name,
+            "random_init": bool(bb.random_init),
+            "ipc": cfg.ipc,
+            "config": cfg.to_dict(),
+            "config_hash": cfg.hash(),
+            "lgm_version": __version__,
+            "steps_done": cfg.steps,
+            "seconds": round(elapsed, 3),
+        },
+    )
+    if run is not None:
+        save_grid(result.images, result.labels, result.class_names, run.path / "grid.png")
+        result.save(run.path / "distilled")
+        _log(f"done: {run.path / 'distilled.safetensors'} ({elapsed:.0f} s of distillation)")
+    return result
