@@ -24,7 +24,8 @@ from lgm.distillation import distill, resolve_device
 from lgm.probe import ProbeConfig, split_features, top1, train_probe, view_features
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
-                    lr=2e-3, res=64, crop=56)
+                    lr=1e-2, res=64, crop=56, real_features="cached", real_batch=4000, cache_per_class=1000,
+                    cache_views=2)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,21 @@ class DemoConfig:
     out: str = "runs/demo"
     """Directory of the demo (the distillation run lives in OUT/distill)."""
     steps: int = DEMO_DISTILL["steps"]
+    """Distillation steps."""
     augs: int = DEMO_DISTILL["augs"]
+    """Augmented views of the synthetic set per step."""
     lr: float = DEMO_DISTILL["lr"]
+    """Adam learning rate of the distillation."""
     res: int = DEMO_DISTILL["res"]
+    """Synthetic resolution (Fashion-MNIST's 28 px images are upsampled to it)."""
     crop: int = DEMO_DISTILL["crop"]
+    """Crop fed to the backbone (training views and test center crop)."""
+    real_batch: int = DEMO_DISTILL["real_batch"]
+    """Cached real views per step (a large batch: see the README on real-gradient noise)."""
+    cache_per_class: int = DEMO_DISTILL["cache_per_class"]
+    """Training images per class in the real-feature cache."""
+    cache_views: int = DEMO_DISTILL["cache_views"]
+    """Augmented views per cached training image."""
     seed: int = 0
     """Seed of the distillation."""
     repeats: int = 5
@@ -47,8 +59,11 @@ class DemoConfig:
     full_train: int = 0
     """Training images for the full-dataset reference probe (0 = all)."""
     device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
     data_root: str | None = None
+    """Directory holding fashion-mnist/ (default: $LGM_DATA_ROOT, then the Debian package's location)."""
     progress: bool = True
+    """Show progress bars."""
 
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, backbone: Backbone, test_feats: torch.Tensor,
@@ -125,9 +140,9 @@ def format_table(results: dict) -> str:
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    dcfg = DistillConfig(**{**DEMO_DISTILL, "steps": cfg.steps, "augs": cfg.augs, "lr": cfg.lr, "res": cfg.res,
-                            "crop": cfg.crop, "seed": cfg.seed, "device": cfg.device, "data_root": cfg.data_root,
-                            "progress": cfg.progress})
+    shared = ("steps", "augs", "lr", "res", "crop", "real_batch", "cache_per_class", "cache_views", "seed", "device",
+              "data_root", "progress")
+    dcfg = DistillConfig(**{**DEMO_DISTILL, **{k: getattr(cfg, k) for k in shared}})
 
     def log(msg: str) -> None:
         print(f"lgm demo: {msg}", file=sys.stderr, flush=True)

