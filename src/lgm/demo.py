@@ -77,6 +77,12 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, backbone: Backbone,
     return top1(w, b, test_feats, test_labels)
 
 
+def random_real_indices(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
+    """``ipc`` random training images per class, class-major like a distilled set."""
+    idx = stratified_indices(labels, ipc, torch.Generator().manual_seed(seed))
+    return idx[torch.argsort(labels[idx], stable=True)]
+
+
 def _summary(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
             "values": values}
@@ -96,9 +102,7 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
     random_acc = []
     ipc = distilled.images.shape[0] // n_cls
     for seed in range(cfg.repeats):
-        idx = stratified_indices(ds.train.labels, ipc, torch.Generator().manual_seed(1000 + seed))
-        order = torch.argsort(ds.train.labels[idx], stable=True)
-        idx = idx[order]
+        idx = random_real_indices(ds.train.labels, ipc, 1000 + seed)
         random_acc.append(evaluate_set(ds.train.load(idx, res), ds.train.labels[idx], backbone, test_feats,
                                        ds.test.labels, n_cls, crop, cfg.probe_views, seed, device))
     log(f"random real: {[round(a * 100, 1) for a in random_acc]}")
@@ -140,8 +144,7 @@ def format_table(results: dict) -> str:
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    shared = ("steps", "augs", "lr", "res", "crop", "real_batch", "cache_per_class", "cache_views", "seed", "device",
-              "data_root", "progress")
+    shared = {f.name for f in dataclasses.fields(DemoConfig)} & {f.name for f in dataclasses.fields(DistillConfig)}
     dcfg = DistillConfig(**{**DEMO_DISTILL, **{k: getattr(cfg, k) for k in shared}})
 
     def log(msg: str) -> None:
