@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from lgm.data import ImageDataset, load_dataset, stratified_indices
-from lgm.demo import evaluate_set, random_real_indices
+from lgm.baselines import random_indices
 from lgm.distillation import distill
 from lgm.errors import MissingResourceError
-from lgm.probe import split_features
+from lgm.evaluate import EvalContext
+from lgm.probe import ProbeConfig
 from lgm.rundir import RunDir
 
 
@@ -55,20 +56,14 @@ def test_short_distillation_lowers_the_meta_loss(short_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap (issue 2 open): on Fashion-MNIST the distilled set does not yet "
-                   "beat random real images under the simple probe; see the README's Status section")
 def test_short_distillation_beats_random_real_images(small_fashion, effnet, short_run):
-    result, crop = short_run[0], 32
-    device = torch.device("cpu")
-    test_feats = split_features(effnet, small_fashion.test, crop, crop, device)
-    n_cls = small_fashion.num_classes
-    distilled = statistics.fmean(
-        evaluate_set(result.images, result.labels, effnet, test_feats, small_fashion.test.labels, n_cls, crop,
-                     views=30, seed=s, device=device) for s in range(2))
+    result, res = short_run[0], 32
+    ctx = EvalContext.build(small_fashion, effnet, res, res, torch.device("cpu"),
+                            ProbeConfig(views=30, epochs=300), val_per_class=20)
+    distilled = ctx.score_images(result.images, result.labels, [0, 1])["top1"]["mean"]
     random_accs = []
     for s in range(5):
-        idx = random_real_indices(small_fashion.train.labels, 1, 100 + s)
-        random_accs.append(evaluate_set(small_fashion.train.load(idx, crop), small_fashion.train.labels[idx], effnet,
-                                        test_feats, small_fashion.test.labels, n_cls, crop, views=30, seed=s,
-                                        device=device))
+        idx = random_indices(small_fashion.train.labels, 1, 100 + s, pool=ctx.train_index)
+        random_accs.append(ctx.score_images(small_fashion.train.load(idx, res), small_fashion.train.labels[idx],
+                                            [s])["top1"]["mean"])
     assert distilled > statistics.fmean(random_accs), (distilled, random_accs)

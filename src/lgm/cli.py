@@ -8,8 +8,10 @@ from typing import Annotated
 
 import tyro
 
+from lgm.baselines import BaselineConfig
 from lgm.config import DistillConfig
 from lgm.demo import DemoConfig
+from lgm.evaluate import EvalConfig
 from lgm.errors import LgmError
 
 
@@ -27,6 +29,21 @@ class DistillCommand:
 
 
 @dataclass(frozen=True)
+class EvalCommand:
+    """Train linear probes on artifacts (distilled sets or baseline selections) and score them on the test split.
+
+    Results (top-1/top-5 mean ± std over repeats, 1-NN) are printed and written
+    to eval.json next to each artifact.
+    """
+
+    artifacts: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories or .safetensors/.json artifact files."""
+    config: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = EvalConfig()
+    json: bool = False
+    """Print the results as JSON instead of a table."""
+
+
+@dataclass(frozen=True)
 class ListBackbones:
     """List the registered backbones."""
 
@@ -41,6 +58,14 @@ def _run(cmd) -> int:
         from lgm.distillation import distill
 
         distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+    elif isinstance(cmd, EvalCommand):
+        from lgm.evaluate import run_eval
+
+        run_eval(cmd.artifacts, cmd.config, as_json=cmd.json)
+    elif isinstance(cmd, BaselineConfig):
+        from lgm.baselines import make_baselines
+
+        make_baselines(cmd)
     elif isinstance(cmd, DemoConfig):
         from lgm.demo import run_demo
 
@@ -63,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = tyro.extras.subcommand_cli_from_dict(
         {
             "distill": DistillCommand,
+            "eval": EvalCommand,
+            "baselines": BaselineConfig,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,

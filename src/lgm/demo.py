@@ -7,7 +7,6 @@ it runs on a fresh machine without network access.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -16,12 +15,13 @@ from pathlib import Path
 import torch
 
 from lgm.artifacts import DistilledSet, atomic_write_json, atomic_write_text
-from lgm.augment import AugmentConfig
 from lgm.backbones import Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, load_dataset, stratified_indices
 from lgm.distillation import distill, resolve_device
-from lgm.probe import ProbeConfig, split_features, top1, train_probe, view_features
+from lgm.baselines import centroid_indices, random_indices
+from lgm.evaluate import FULL_PROBE, EvalContext, summary
+from lgm.probe import ProbeConfig, split_features, topk, train_probes
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
                     lr=1e-2, res=64, crop=56, real_features="cached", real_batch=4000, cache_per_class=1000,
@@ -66,74 +66,55 @@ class DemoConfig:
     """Show progress bars."""
 
 
-def evaluate_set(images: torch.Tensor, labels: torch.Tensor, backbone: Backbone, test_feats: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, crop: int, views: int, seed: int,
-                 device: torch.device, probe: ProbeConfig = ProbeConfig()) -> float:
-    """Top-1 on the test features of a probe trained on ``views`` augmented views of ``images``."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    feats = view_features(backbone, images, views, crop, AugmentConfig(), g, device)
-    y = labels.repeat(views)
-    w, b = train_probe(feats, y, num_classes, probe, torch.Generator().manual_seed(seed))
-    return top1(w, b, test_feats, test_labels)
-
-
-def random_real_indices(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
-    """``ipc`` random training images per class, class-major like a distilled set."""
-    idx = stratified_indices(labels, ipc, torch.Generator().manual_seed(seed))
-    return idx[torch.argsort(labels[idx], stable=True)]
-
-
-def _summary(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": values}
-
-
 def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backbone, cfg: DemoConfig,
                       device: torch.device, log=print) -> dict:
-    """Distilled vs random real (1/class, several seeds) vs full training set, one probe protocol."""
+    """Distilled vs centroids vs random real (several seeds) vs the full training set, one probe protocol."""
     res, crop = cfg.res, cfg.crop
     t0 = time.perf_counter()
-    test_feats = split_features(backbone, ds.test, res, crop, device)
-    log(f"test features: {len(ds.test)} images in {time.perf_counter() - t0:.0f} s")
-    n_cls = ds.num_classes
-    distilled_acc = [evaluate_set(distilled.images, distilled.labels, backbone, test_feats, ds.test.labels, n_cls,
-                                  crop, cfg.probe_views, seed, device) for seed in range(cfg.repeats)]
-    log(f"distilled: {[round(a * 100, 1) for a in distilled_acc]}")
-    random_acc = []
-    ipc = distilled.images.shape[0] // n_cls
-    for seed in range(cfg.repeats):
-        idx = random_real_indices(ds.train.labels, ipc, 1000 + seed)
-        random_acc.append(evaluate_set(ds.train.load(idx, res), ds.train.labels[idx], backbone, test_feats,
-                                       ds.test.labels, n_cls, crop, cfg.probe_views, seed, device))
-    log(f"random real: {[round(a * 100, 1) for a in random_acc]}")
-    train = ds.train
+    ctx = EvalContext.build(ds, backbone, res, crop, device, ProbeConfig(views=cfg.probe_views))
+    log(f"test and validation features in {time.perf_counter() - t0:.0f} s")
+    seeds = list(range(cfg.repeats))
+    ipc = distilled.images.shape[0] // ds.num_classes
+    distilled_scores = ctx.score_images(distilled.images, distilled.labels, seeds)
+    log(f"distilled: {[round(a * 100, 1) for a in distilled_scores['top1']['values']]}")
+    random_top1, random_nn1 = [], []
+    for seed in seeds:
+        idx = random_indices(ds.train.labels, ipc, 1000 + seed, pool=ctx.train_index)
+        scores = ctx.score_images(ds.train.load(idx, res), ds.train.labels[idx], [seed])
+        random_top1.append(scores["top1"]["mean"])
+        random_nn1.append(scores["nn1"])
+    log(f"random real: {[round(a * 100, 1) for a in random_top1]}")
+
+    train = ds.train.subset(ctx.train_index)
     if cfg.full_train and cfg.full_train < len(train):
-        per_class = cfg.full_train // n_cls
-        train = train.subset(stratified_indices(train.labels, per_class, torch.Generator().manual_seed(0)))
+        keep = stratified_indices(train.labels, cfg.full_train // ds.num_classes, torch.Generator().manual_seed(0))
+        train = train.subset(torch.sort(keep).values)
     t0 = time.perf_counter()
     train_feats = split_features(backbone, train, res, crop, device)
-    full_probe = ProbeConfig(epochs=30, batch=256)
-    w, b = train_probe(train_feats, train.labels, n_cls, full_probe, torch.Generator().manual_seed(0))
-    full_acc = top1(w, b, test_feats, ds.test.labels)
+    centroid_idx = centroid_indices(train_feats, train.labels, ds.num_classes)
+    centroid_scores = ctx.score_images(train.load(centroid_idx, res), train.labels[centroid_idx], seeds)
+    log(f"centroids: {[round(a * 100, 1) for a in centroid_scores['top1']['values']]}")
+    full = train_probes(train_feats, train.labels, ds.num_classes, FULL_PROBE, [0],
+                        val=(ctx.val_features, ctx.val_labels))
+    full_acc = float(topk(full, ctx.test_features, ctx.test_labels, 1)[0])
     log(f"full training set ({len(train)} images): {full_acc * 100:.1f} ({time.perf_counter() - t0:.0f} s)")
     return {
-        "distilled": _summary(distilled_acc),
-        "random": _summary(random_acc),
+        "distilled": distilled_scores["top1"] | {"nn1": distilled_scores["nn1"], "top5": distilled_scores["top5"]},
+        "centroids": centroid_scores["top1"] | {"nn1": centroid_scores["nn1"]},
+        "random": summary(random_top1) | {"nn1": summary(random_nn1)},
         "full": {"mean": full_acc, "std": 0.0, "values": [full_acc], "train_images": len(train)},
         "test_images": len(ds.test),
-        "protocol": {
-            "small_sets": dataclasses.asdict(ProbeConfig(views=cfg.probe_views)),
-            "full": dataclasses.asdict(full_probe) | {"views": "1 center crop"},
-            "test": f"resize to {res}, center crop {crop}",
-            "selection": "none (fixed epochs); test split only scored",
-        },
+        "protocol": {"small_sets": ctx.protocol(),
+                     "full": dataclasses.asdict(FULL_PROBE) | {"views": "1 center crop"},
+                     "test_split": "scored only; never used for selection"},
     }
 
 
 def format_table(results: dict) -> str:
     rows = ["| set | images | top-1 (%) |", "|---|---|---|"]
     n = results.get("num_classes", "")
-    for key, label, images in (("distilled", "distilled (LGM)", f"{n}"), ("random", "random real, 1/class", f"{n}"),
+    for key, label, images in (("distilled", "distilled (LGM)", f"{n}"), ("centroids", "centroids (real)", f"{n}"),
+                               ("random", "random real", f"{n}"),
                                ("full", "full training set", str(results["full"]["train_images"]))):
         r = results[key]
         spread = f" ± {r['std'] * 100:.1f}" if len(r["values"]) > 1 else ""

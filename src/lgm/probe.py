@@ -1,16 +1,25 @@
-"""A simple, honest linear-probe evaluation (the full SPEC §6 protocol builds on this).
+"""Linear probes on frozen features: the paper's protocol (SPEC §6), honest and batched.
 
-Training images are seen through ``views`` augmented copies each (the same
-flip + random-resized-crop + noise as distillation); test images are resized
-to the run's resolution and center-cropped. The probe trains for a fixed
-number of epochs: nothing is selected on any split, and the test split is only
-ever scored.
+A probe is a linear head trained with Adam (lr = 0.001 * batch / 256), cosine
+decay to zero over ``epochs``, cross-entropy. Training images are augmented
+every epoch: each image has a pool of ``views`` augmented copies whose features
+are computed once, and every epoch draws one view per image from the pool (the
+protocol's per-epoch augmentation, without a backbone pass per epoch). Early
+stopping watches a validation split carved from the real *training* set; the
+test split is only ever scored.
+
+Repeats (one seed each) are trained together as one batched model: their
+parameters are stacked (R x C x f) and each repeat draws its own views and
+batch order from its own generator, so repeat r equals a separate run with
+seed r (Adam is elementwise; the summed loss keeps the repeats' gradients
+apart).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +28,56 @@ from lgm.augment import AugmentConfig, augment
 from lgm.backbones import Backbone
 from lgm.data import ImageSplit
 
+ProtocolName = Literal["spec", "authors"]
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
+    """Probe protocol. ``spec`` (default): SPEC §6 with validation early stopping.
+    ``authors``: the authors' code (no noise augmentation, last epoch, no selection)."""
+
+    protocol: ProtocolName = "spec"
+    epochs: int = 1000
+    """Maximum epochs (cosine decay spans all of them)."""
+    batch: int = 100
+    lr: float = 0.0
+    """0 = 0.001 * batch / 256 (the paper's rule)."""
+    patience: int = 50
+    """Stop after this many epochs without a better validation top-1 (0 = never; keep the last epoch)."""
     views: int = 100
-    """Augmented views per training image (small sets); large sets use one center view."""
-    epochs: int = 300
-    lr: float = 1e-3
-    batch: int = 256
+    """Pool of augmented views per training image; each epoch draws one per image."""
     weight_decay: float = 0.0
+
+    @classmethod
+    def named(cls, protocol: ProtocolName, **overrides) -> "ProbeConfig":
+        if protocol == "spec":
+            return cls(**overrides)
+        if protocol == "authors":
+            return cls(protocol="authors", patience=0, **overrides)
+        raise ValueError(f"unknown probe protocol {protocol!r}; choose spec or authors")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or 1e-3 * self.batch / 256
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        # The authors' evaluation code applies flip + crop but no noise.
+        return AugmentConfig(noise_std=0.0) if self.protocol == "authors" else AugmentConfig()
+
+
+@dataclass
+class ProbeResult:
+    """Trained heads of R repeats, the epoch each was taken at and its validation top-1 (NaN: none)."""
+
+    weight: torch.Tensor  # R x C x f
+    bias: torch.Tensor  # R x C
+    epoch: torch.Tensor  # R
+    val_top1: torch.Tensor  # R
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """R x M x C logits of M feature rows."""
+        return torch.einsum("mf,rcf->rmc", features.to(self.weight.dtype), self.weight) + self.bias[:, None, :]
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -39,7 +89,7 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 @torch.no_grad()
 def split_features(backbone: Backbone, split: ImageSplit, res: int, crop: int, device: torch.device,
                    batch: int = 500) -> torch.Tensor:
-    """Features of every image of ``split``: resize to ``res``, center-crop ``crop``."""
+    """Features of every image of ``split``: resize to ``res``, center-crop ``crop`` (the test transform)."""
     out = []
     for start in range(0, len(split), batch):
         idx = torch.arange(start, min(start + batch, len(split)))
@@ -51,39 +101,98 @@ def split_features(backbone: Backbone, split: ImageSplit, res: int, crop: int, d
 @torch.no_grad()
 def view_features(backbone: Backbone, images: torch.Tensor, views: int, crop: int, aug: AugmentConfig,
                   generator: torch.Generator, device: torch.device, batch: int = 500) -> torch.Tensor:
-    """Features of ``views`` augmented copies of each image (view-major: copy v of image i at v*N + i)."""
+    """Features of ``views`` augmented copies of each image, as a views x N x f pool."""
     x = images.to(device)
     out = []
     per_chunk = max(1, batch // x.shape[0])
     for v in range(0, views, per_chunk):
         k = min(per_chunk, views - v)
         out.append(backbone.features(augment(x.repeat(k, 1, 1, 1), crop, aug, generator)).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out).view(views, x.shape[0], -1)
 
 
-def train_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear head trained with Adam + cosine decay on fixed features; returns (W, b)."""
-    n, dim = features.shape
-    w = torch.zeros(num_classes, dim, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    with torch.no_grad():
-        w.normal_(0, 0.01, generator=generator)
-    opt = torch.optim.Adam([w, b], lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _cosine_factor(step: int, total: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seeds: list[int],
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None) -> ProbeResult:
+    """Train one probe per seed on a views x N x f feature pool (``pool`` may also be N x f: one view).
+
+    With ``val`` (features, labels) and ``cfg.patience`` > 0, each repeat keeps
+    its best-validation epoch and stops after ``patience`` epochs without
+    improvement; otherwise it keeps its last epoch.
+    """
+    if pool.dim() == 2:
+        pool = pool.unsqueeze(0)
+    views, n, dim = pool.shape
+    if labels.shape != (n,):
+        raise ValueError(f"pool holds {n} images but labels have shape {tuple(labels.shape)}")
+    if not torch.isfinite(pool).all():
+        raise ValueError("probe features contain NaN or infinite values")
+    reps = len(seeds)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    w = torch.zeros(reps, num_classes, dim, requires_grad=True)
+    b = torch.zeros(reps, num_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch)
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=generator)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_factor(s, total))
+    select = val is not None and cfg.patience > 0
+    best_w, best_b = w.detach().clone(), b.detach().clone()
+    best_acc = torch.full((reps,), -1.0)
+    best_epoch = torch.full((reps,), cfg.epochs - 1, dtype=torch.long)
+    since = torch.zeros(reps, dtype=torch.long)
+    rows = torch.arange(n)
+    for epoch in range(cfg.epochs):
+        picks, orders = [], []
+        for g in gens:
+            picks.append(torch.randint(views, (n,), generator=g) if views > 1 else torch.zeros(n, dtype=torch.long))
+            orders.append(torch.randperm(n, generator=g))
+        x_epoch = torch.stack([pool[v, rows] for v in picks])  # R x N x f
+        order = torch.stack(orders)  # R x N
         for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch:(i + 1) * cfg.batch]
-            loss = F.cross_entropy(features[idx] @ w.t() + b, labels[idx])
+            idx = order[:, i * cfg.batch:(i + 1) * cfg.batch]  # R x B
+            x = torch.gather(x_epoch, 1, idx[..., None].expand(-1, -1, dim))
+            logits = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+            # Sum of per-repeat mean losses: each repeat's gradient is its own.
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].flatten(), reduction="none")
+            loss = loss.view(reps, -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return w.detach(), b.detach()
+        if select:
+            with torch.no_grad():
+                acc = (ProbeResult(w, b, best_epoch, best_acc).logits(val[0]).argmax(-1) == val[1]).float().mean(1)
+                active = since < cfg.patience
+                better = (acc > best_acc) & active
+                best_w[better], best_b[better] = w.detach()[better], b.detach()[better]
+                best_acc[better] = acc[better]
+                best_epoch[better] = epoch
+                since = torch.where(better, torch.zeros_like(since), since + active.long())
+            if not bool((since < cfg.patience).any()):
+                break
+    if select:
+        return ProbeResult(best_w, best_b, best_epoch, best_acc)
+    return ProbeResult(w.detach(), b.detach(), torch.full((reps,), cfg.epochs - 1), torch.full((reps,), math.nan))
 
 
-def top1(w: torch.Tensor, b: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(((features @ w.t() + b).argmax(1) == labels).float().mean())
+def topk(result: ProbeResult, features: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Top-k accuracy of every repeat (R values in [0, 1])."""
+    with torch.no_grad():
+        logits = result.logits(features)
+        k = min(k, logits.shape[-1])
+        hit = (logits.topk(k, dim=-1).indices == labels[None, :, None]).any(-1)
+    return hit.float().mean(1)
+
+
+def nearest_neighbor_top1(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                          test_labels: torch.Tensor) -> float:
+    """1-NN accuracy: each test row takes the label of the most cosine-similar training row."""
+    train = F.normalize(train.float(), dim=1)
+    hits = 0
+    for start in range(0, test.shape[0], 4096):  # bounded memory against large training sets
+        sim = F.normalize(test[start:start + 4096].float(), dim=1) @ train.t()
+        hits += int((train_labels[sim.argmax(1)] == test_labels[start:start + 4096]).sum())
+    return hits / test.shape[0]

@@ -1,0 +1,139 @@
+"""The paper's real-image baselines (SPEC §7), chosen from the training split minus validation.
+
+Each selection is an ordinary artifact (the ``DistilledSet`` format, images
+in [0, 1] at the run's resolution) that records how it was chosen, so
+``lgm eval`` scores it exactly like a distilled set. The full-dataset
+reference is a small JSON artifact: its "images" are the whole training pool.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lgm.artifacts import DistilledSet, atomic_write_json
+from lgm.data import ImageDataset, stratified_indices
+from lgm.errors import LgmError
+from lgm.evaluate import stored_split_features, validation_split
+from lgm.feature_store import FeatureStore
+from lgm.version import __version__
+
+
+def random_indices(labels: torch.Tensor, ipc: int, seed: int, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """``ipc`` random images per class (from ``pool`` when given), class-major like a distilled set."""
+    pool = torch.arange(labels.shape[0]) if pool is None else pool
+    idx = pool[stratified_indices(labels[pool], ipc, torch.Generator().manual_seed(seed))]
+    return idx[torch.argsort(labels[idx], stable=True)]
+
+
+def centroid_indices(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int = 1) -> torch.Tensor:
+    """Per class, the ``ipc`` images whose embeddings are nearest (L2) the class-mean embedding."""
+    picks = []
+    for c in range(num_classes):
+        rows = torch.nonzero(labels == c).flatten()
+        if rows.numel() < ipc:
+            raise LgmError(f"class {c} has {rows.numel()} training images, fewer than ipc = {ipc}")
+        mean = features[rows].mean(0, keepdim=True)
+        dist = torch.cdist(features[rows].float(), mean.float()).flatten()
+        picks.append(rows[torch.argsort(dist, stable=True)[:ipc]])
+    return torch.cat(picks)
+
+
+def neighbor_indices(query: torch.Tensor, query_labels: torch.Tensor, features: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+    """For each query embedding, the most cosine-similar real image of the same class."""
+    sim = F.normalize(query.float(), dim=1) @ F.normalize(features.float(), dim=1).t()
+    sim = sim.masked_fill(query_labels[:, None] != labels[None, :], float("-inf"))
+    return sim.argmax(1)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Real-image baselines for a dataset and backbone (artifacts for `lgm eval`)."""
+
+    dataset: str
+    backbone: str
+    ipc: int = 1
+    """Images per class."""
+    out: str = "runs/baselines"
+    """Directory receiving one artifact per baseline."""
+    random_seeds: int = 10
+    """Random selections (one artifact per seed)."""
+    distilled: str | None = None
+    """A distilled artifact: adds the neighbors baseline (its images' nearest real images)."""
+    res: int = 0
+    """Resolution of the stored images and of the selection features (0 = the distilled artifact's, else 256)."""
+    crop: int = 0
+    """Center crop of the selection features (0 = the distilled artifact's, else 224)."""
+    val_per_class: int = 100
+    """Validation images per class held out (never selected), as in `lgm eval`."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cache: bool = True
+
+
+def _log(msg: str) -> None:
+    print(f"lgm baselines: {msg}", file=sys.stderr, flush=True)
+
+
+def selection_artifact(ds: ImageDataset, idx: torch.Tensor, res: int, how: dict) -> DistilledSet:
+    return DistilledSet(ds.train.load(idx, res), ds.train.labels[idx].clone(), list(ds.class_names),
+                        {"kind": "baseline", "dataset": ds.name, "indices": idx.tolist(),
+                         "config": {"res": res, "crop": how.get("crop", res)}, "lgm_version": __version__} | how)
+
+
+def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
+    """Write random (per seed), centroids, neighbors (with --distilled) and the full reference; return paths."""
+    from lgm.backbones import load_backbone
+    from lgm.data import load_dataset
+    from lgm.distillation import resolve_device
+
+    if cfg.ipc <= 0 or cfg.random_seeds < 0:
+        raise LgmError("--ipc must be positive and --random-seeds >= 0")
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    distilled = DistilledSet.load(cfg.distilled) if cfg.distilled else None
+    stored = distilled.meta.get("config", {}) if distilled else {}
+    res = cfg.res or int(stored.get("res", 256))
+    crop = cfg.crop or int(stored.get("crop", 224))
+    out = Path(cfg.out)
+    pool, _ = validation_split(ds.train.labels, cfg.val_per_class)
+    paths: dict[str, Path] = {}
+    common = {"backbone": cfg.backbone, "ipc": cfg.ipc, "crop": crop,
+              "pool": f"training split minus {cfg.val_per_class} validation images per class"}
+    for seed in range(cfg.random_seeds):
+        idx = random_indices(ds.train.labels, cfg.ipc, seed, pool)
+        art = selection_artifact(ds, idx, res, common | {"selection": "random", "seed": seed})
+        paths[f"random_s{seed}"] = art.save(out / f"random_s{seed}" / "distilled")
+    backbone = load_backbone(cfg.backbone, device)
+    store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
+    _log(f"features of {pool.numel()} training images on {cfg.backbone}")
+    feats = stored_split_features(ds, "train", pool, backbone, res, crop, device, store)
+    idx = pool[centroid_indices(feats, ds.train.labels[pool], ds.num_classes, cfg.ipc)]
+    art = selection_artifact(ds, idx, res, common | {"selection": "centroids (nearest to class mean, L2)"})
+    paths["centroids"] = art.save(out / "centroids" / "distilled")
+    if distilled is not None:
+        if distilled.class_names != list(ds.class_names):
+            raise LgmError(f"{cfg.distilled} was distilled from other classes than {ds.name}'s")
+        from lgm.probe import center_crop
+
+        with torch.no_grad():
+            q = backbone.features(center_crop(distilled.images.to(device), crop)).float().cpu()
+        idx = pool[neighbor_indices(q, distilled.labels, feats, ds.train.labels[pool])]
+        art = selection_artifact(ds, idx, res, common | {"selection": "neighbors (most cosine-similar real image "
+                                                                       "of the class, per distilled image)",
+                                                          "distilled": str(cfg.distilled)})
+        paths["neighbors"] = art.save(out / "neighbors" / "distilled")
+    full = out / "full" / "full.json"
+    atomic_write_json(full, {"kind": "full-dataset", "dataset": ds.name, "images": int(pool.numel()),
+                             "val_per_class": cfg.val_per_class, "config": {"res": res, "crop": crop},
+                             "lgm_version": __version__})
+    paths["full"] = full
+    for name, p in paths.items():
+        _log(f"{name}: {p}")
+    return paths

@@ -1,0 +1,277 @@
+"""Scoring image sets with linear probes on a frozen backbone, under one protocol.
+
+An ``EvalContext`` holds what every evaluation of one (backbone, dataset,
+transform) shares: test features, the validation split's features (carved from
+the training set, used for early stopping only) and the probe protocol. Any
+image set (distilled, a baseline selection) is then scored the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lgm.artifacts import DistilledSet
+from lgm.backbones import Backbone
+from lgm.data import ImageDataset, stratified_indices
+from lgm.errors import LgmError
+from lgm.feature_store import FeatureStore, backbone_identity, index_digest
+from lgm.probe import (ProbeConfig, center_crop, nearest_neighbor_top1, split_features, topk, train_probes,
+                       view_features)
+
+# The authors' full-dataset probe (SPEC §7): batch 128, lr 5e-4, 100 epochs, on one center view per image.
+FULL_PROBE = ProbeConfig(epochs=100, batch=128, lr=5e-4, views=1, patience=10)
+
+
+def validation_split(labels: torch.Tensor, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic stratified (train, val) index split of a training set: ``per_class`` val images per class."""
+    val = torch.sort(stratified_indices(labels, per_class, torch.Generator().manual_seed(seed))).values
+    keep = torch.ones(labels.shape[0], dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
+
+
+def stored_split_features(ds: ImageDataset, split_name: str, index: torch.Tensor | None, backbone: Backbone,
+                          res: int, crop: int, device: torch.device, store: FeatureStore) -> torch.Tensor:
+    """Center-view features of ``ds.<split_name>`` (rows ``index``, or all), through the feature store."""
+    split = getattr(ds, split_name)
+    split = split if index is None else split.subset(index)
+    key = backbone_identity(backbone) | {
+        "dataset": ds.name, "split": split_name, "rows": index_digest(index), "images": len(split),
+        "labels": index_digest(split.labels), "transform": "resize+center-crop", "res": res, "crop": crop}
+    return store.get(key, lambda: split_features(backbone, split, res, crop, device))
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+@dataclass
+class EvalContext:
+    backbone: Backbone
+    num_classes: int
+    res: int
+    crop: int
+    test_features: torch.Tensor
+    test_labels: torch.Tensor
+    val_features: torch.Tensor
+    val_labels: torch.Tensor
+    train_index: torch.Tensor
+    """Training images that are not in the validation split (the pool baselines choose from)."""
+    device: torch.device
+    probe: ProbeConfig = ProbeConfig()
+
+    @classmethod
+    def build(cls, ds: ImageDataset, backbone: Backbone, res: int, crop: int, device: torch.device,
+              probe: ProbeConfig = ProbeConfig(), val_per_class: int = 100, val_seed: int = 0,
+              store: FeatureStore | None = None) -> "EvalContext":
+        """Test and validation features (from ``store`` when they were computed before)."""
+        store = store or FeatureStore(enabled=False)
+        train_index, val_index = validation_split(ds.train.labels, val_per_class, val_seed)
+
+        test = stored_split_features(ds, "test", None, backbone, res, crop, device, store)
+        val = stored_split_features(ds, "train", val_index, backbone, res, crop, device, store)
+        return cls(backbone=backbone, num_classes=ds.num_classes, res=res, crop=crop,
+                   test_features=test, test_labels=ds.test.labels, val_features=val,
+                   val_labels=ds.train.labels[val_index], train_index=train_index, device=device, probe=probe)
+
+    def protocol(self) -> dict:
+        return dataclasses.asdict(self.probe) | {
+            "lr_resolved": self.probe.learning_rate,
+            "test_transform": f"resize to {self.res}, center crop {self.crop}",
+            "selection": (f"early stopping on {len(self.val_labels)} validation images carved from the training set"
+                          if self.probe.patience else "last epoch"),
+        }
+
+    def score_images(self, images: torch.Tensor, labels: torch.Tensor, seeds: list[int]) -> dict:
+        """Probe top-1/top-5 for each seed (augmented views drawn per seed) and 1-NN on center views."""
+        top1, top5, epochs = [], [], []
+        for seed in seeds:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            pool = view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
+                                 self.device)
+            res = train_probes(pool, labels, self.num_classes, self.probe, [seed],
+                               val=(self.val_features, self.val_labels))
+            top1.append(float(topk(res, self.test_features, self.test_labels, 1)[0]))
+            top5.append(float(topk(res, self.test_features, self.test_labels, 5)[0]))
+            epochs.append(int(res.epoch[0]))
+        with torch.no_grad():
+            center = self.backbone.features(center_crop(images.to(self.device), self.crop)).float().cpu()
+        nn1 = nearest_neighbor_top1(center, labels, self.test_features, self.test_labels)
+        return {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": epochs}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Linear-probe evaluation of artifacts on the real test split (SPEC §6)."""
+
+    backbone: tuple[str, ...] = ()
+    """Backbones to probe on (repeatable); default: the artifact's own."""
+    dataset: str | None = None
+    """Dataset whose test split scores the probes; default: the artifact's."""
+    repeats: int = 5
+    """Probe seeds (each draws its own augmented views)."""
+    protocol: Literal["spec", "authors"] = "spec"
+    """spec: validation early stopping, noise augmentation; authors: no noise, last epoch."""
+    views: int = 100
+    """Augmented views per training image in the probe's view pool."""
+    epochs: int = 1000
+    """Maximum probe epochs."""
+    res: int = 0
+    """Resolution images are resized to (0 = the artifact's distillation resolution)."""
+    crop: int = 0
+    """Training crop and test center crop (0 = the artifact's)."""
+    val_per_class: int = 100
+    """Validation images per class carved from the training set for early stopping."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    """Where test/validation features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
+    cache: bool = True
+    """Store and reuse test/validation features on disk (--no-cache recomputes)."""
+
+    def probe(self) -> ProbeConfig:
+        return ProbeConfig.named(self.protocol, views=self.views, epochs=self.epochs)
+
+
+def artifact_geometry(artifact: DistilledSet, cfg: EvalConfig) -> tuple[int, int]:
+    stored = artifact.meta.get("config", {})
+    res = cfg.res or int(stored.get("res") or artifact.images.shape[-1])
+    crop = cfg.crop or int(stored.get("crop") or res)
+    if crop > res:
+        raise LgmError(f"--crop {crop} exceeds --res {res}")
+    return res, crop
+
+
+def check_artifact(artifact: DistilledSet, ds: ImageDataset, where: str) -> None:
+    if artifact.num_classes != ds.num_classes or artifact.labels.max() >= ds.num_classes:
+        raise LgmError(f"{where} has {artifact.num_classes} classes but dataset {ds.name} has {ds.num_classes}")
+    if artifact.class_names != list(ds.class_names):
+        raise LgmError(f"{where}: its class names differ from those of dataset {ds.name}")
+    if artifact.images.shape[1] not in (1, 3):
+        raise LgmError(f"{where}: images must have 1 or 3 channels, got {artifact.images.shape[1]}")
+    if not torch.isfinite(artifact.images).all():
+        raise LgmError(f"{where}: images contain NaN or infinite values")
+
+
+def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print) -> dict:
+    """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
+    from lgm.backbones import load_backbone
+    from lgm.data import load_dataset
+    from lgm.distillation import resolve_device
+
+    device = resolve_device(cfg.device)
+    ds_name = cfg.dataset or artifact.meta.get("dataset")
+    if not ds_name:
+        raise LgmError(f"{where} does not record its dataset; pass --dataset")
+    ds = load_dataset(ds_name, cfg.data_root)
+    check_artifact(artifact, ds, where)
+    res, crop = artifact_geometry(artifact, cfg)
+    images = torch.nn.functional.interpolate(artifact.images, size=(res, res), mode="bilinear",
+                                             align_corners=False, antialias=True) \
+        if artifact.images.shape[-1] != res else artifact.images
+    store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
+    backbones = cfg.backbone or (artifact.meta.get("backbone"),)
+    if not all(backbones):
+        raise LgmError(f"{where} does not record its backbone; pass --backbone")
+    results = {}
+    for name in backbones:
+        bb = load_backbone(name, device)
+        ctx = EvalContext.build(ds, bb, res, crop, device, cfg.probe(), cfg.val_per_class, store=store)
+        scores = ctx.score_images(images, artifact.labels, list(range(cfg.repeats)))
+        log(f"{where} on {name}: top-1 {scores['top1']['mean'] * 100:.1f} ± {scores['top1']['std'] * 100:.1f}, "
+            f"1-NN {scores['nn1'] * 100:.1f}")
+        results[name] = scores | {"protocol": ctx.protocol(), "dataset": ds.name, "images": int(len(images)),
+                                  "random_init_backbone": bool(bb.random_init)}
+    return results
+
+
+def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log=print) -> dict:
+    """The full-dataset reference: a probe on every training image outside the validation split (SPEC §7)."""
+    from lgm.backbones import load_backbone
+    from lgm.data import load_dataset
+    from lgm.distillation import resolve_device
+
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset or ref["dataset"], cfg.data_root)
+    stored = ref.get("config", {})
+    res, crop = cfg.res or int(stored.get("res", 256)), cfg.crop or int(stored.get("crop", 224))
+    store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
+    results = {}
+    for name in cfg.backbone or ():
+        bb = load_backbone(name, device)
+        ctx = EvalContext.build(ds, bb, res, crop, device, FULL_PROBE, cfg.val_per_class, store=store)
+        feats = stored_split_features(ds, "train", ctx.train_index, bb, res, crop, device, store)
+        labels = ds.train.labels[ctx.train_index]
+        probe = train_probes(feats, labels, ds.num_classes, FULL_PROBE, list(range(cfg.repeats)),
+                             val=(ctx.val_features, ctx.val_labels))
+        top1 = topk(probe, ctx.test_features, ctx.test_labels, 1).tolist()
+        top5 = topk(probe, ctx.test_features, ctx.test_labels, 5).tolist()
+        nn1 = nearest_neighbor_top1(feats, labels, ctx.test_features, ctx.test_labels)
+        log(f"{where} on {name}: top-1 {statistics.fmean(top1) * 100:.1f}, 1-NN {nn1 * 100:.1f}")
+        results[name] = {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": probe.epoch.tolist(),
+                         "protocol": ctx.protocol() | {"views": "1 center view per image"}, "dataset": ds.name,
+                         "images": int(len(labels)), "random_init_backbone": bool(bb.random_init)}
+    if not results:
+        raise LgmError(f"{where}: name the backbone(s) to probe with --backbone")
+    return results
+
+
+def load_full_reference(path: Path) -> dict | None:
+    """The full-dataset reference JSON at ``path`` (a file or a directory holding full.json), else None."""
+    from lgm.artifacts import read_json
+
+    candidate = path / "full.json" if path.is_dir() else path
+    if candidate.suffix == ".json" and candidate.is_file():
+        ref = read_json(candidate)
+        if isinstance(ref, dict) and ref.get("kind") == "full-dataset":
+            return ref
+    return None
+
+
+def eval_json_path(source: Path) -> Path:
+    return (source if source.is_dir() else source.parent) / "eval.json"
+
+
+def format_eval_table(rows: list[tuple[str, str, dict]]) -> str:
+    lines = ["| artifact | backbone | top-1 (%) | top-5 (%) | 1-NN (%) |", "|---|---|---|---|---|"]
+    for where, name, r in rows:
+        t1, t5 = r["top1"], r["top5"]
+        lines.append(f"| {where} | {name} | {t1['mean'] * 100:.1f} ± {t1['std'] * 100:.1f} | "
+                     f"{t5['mean'] * 100:.1f} ± {t5['std'] * 100:.1f} | {r['nn1'] * 100:.1f} |")
+    return "\n".join(lines)
+
+
+def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -> dict:
+    """``lgm eval``: evaluate every artifact, merge results into each one's eval.json, print a table."""
+    import json
+    import sys
+
+    from lgm.artifacts import atomic_write_json, read_json
+
+    if not sources:
+        raise LgmError("name at least one artifact (a run directory or an .safetensors/.json file)")
+    everything, rows = {}, []
+    for src in sources:
+        path = Path(src)
+        log = lambda m: print(f"lgm eval: {m}", file=sys.stderr, flush=True)  # noqa: E731
+        ref = load_full_reference(path)
+        if ref is not None:
+            results = evaluate_full_reference(ref, cfg, where=src, log=log)
+        else:
+            results = evaluate_artifact(DistilledSet.load(path), cfg, where=src, log=log)
+        out = eval_json_path(path)
+        stored = read_json(out) if out.is_file() else {}
+        for name, r in results.items():
+            stored[f"{name}/{cfg.protocol}"] = r
+            rows.append((src, name, r))
+        atomic_write_json(out, stored)
+        everything[src] = results
+    print(json.dumps(everything, indent=2) if as_json else format_eval_table(rows))
+    return everything

@@ -1,0 +1,84 @@
+"""Features on disk, keyed by everything that determines them.
+
+Evaluating many artifacts on one backbone recomputes the same test and
+validation features again and again; they are stored once as safetensors
+under ``$LGM_CACHE_DIR`` (default ``~/.cache/lgm``) in ``features/<hash>``.
+The key (backbone, its weights, normalization, dataset, split, selected rows,
+transform, lgm's feature version) is written into the file's metadata and
+checked on every read, so a hash collision or a hand-copied file can never
+serve the wrong features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lgm.artifacts import atomic_save_tensors
+from lgm.backbones import Backbone
+from lgm.errors import LgmError
+
+CACHE_ENV = "LGM_CACHE_DIR"
+# Bump when the way features are computed changes (invalidates every stored entry).
+FEATURE_VERSION = 1
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lgm")
+
+
+def backbone_identity(backbone: Backbone) -> dict[str, Any]:
+    """What makes two backbones' features equal: name, weights, normalization."""
+    weights = getattr(backbone, "weights_id", None)
+    return {"backbone": backbone.name, "random_init": bool(backbone.random_init),
+            "weights": weights if weights is not None else "default",
+            "normalization": getattr(backbone, "normalization", "native")}
+
+
+def index_digest(index: torch.Tensor | None) -> str:
+    if index is None:
+        return "all"
+    return hashlib.sha256(index.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class FeatureStore:
+    """Get-or-compute for feature tensors; ``enabled=False`` always computes (nothing written)."""
+
+    def __init__(self, cache_dir: str | Path | None = None, enabled: bool = True) -> None:
+        self.root = cache_root(cache_dir) / "features"
+        self.enabled = enabled
+
+    def path(self, key: dict[str, Any]) -> Path:
+        return self.root / f"{key_hash(key)}.safetensors"
+
+    def get(self, key: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = {**key, "feature_version": FEATURE_VERSION}
+        if not self.enabled:
+            return compute()
+        path = self.path(key)
+        if path.is_file():
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    stored = json.loads((f.metadata() or {}).get("key", "null"))
+                    if stored == key:
+                        return f.get_tensor("features")
+            except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
+                pass
+        feats = compute()
+        if not torch.isfinite(feats).all():
+            raise LgmError(f"the backbone produced NaN or infinite features for {key}; nothing was cached")
+        atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
+        return feats

@@ -1,0 +1,144 @@
+"""Evaluation end to end on the toy backbone: the eval CLI, the feature store, honest selection."""
+
+import json
+
+import pytest
+import torch
+
+from lgm.artifacts import DistilledSet
+from lgm.backbones import load_backbone
+from lgm.cli import main
+from lgm.data import ImageDataset, ImageSplit, load_dataset
+from lgm.evaluate import EvalContext
+from lgm.feature_store import FeatureStore
+from lgm.probe import ProbeConfig
+
+FAST_PROBE = ProbeConfig(views=4, epochs=40, patience=10)
+
+
+def band_artifact(ds: ImageDataset, res: int = 16) -> DistilledSet:
+    """The first training image of every class, as an artifact (what a baseline selection looks like)."""
+    idx = torch.stack([torch.nonzero(ds.train.labels == c).flatten()[0] for c in range(ds.num_classes)])
+    return DistilledSet(ds.train.load(idx, res), ds.train.labels[idx], list(ds.class_names),
+                        {"dataset": ds.name, "backbone": "toy_cnn", "config": {"res": res, "crop": 14}})
+
+
+def test_eval_cli_writes_eval_json(fashion_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    band_artifact(ds).save(tmp_path / "sel" / "distilled")
+    cache = tmp_path / "cache"
+    argv = ["eval", str(tmp_path / "sel"), "--repeats", "2", "--views", "4", "--epochs", "30",
+            "--val-per-class", "3", "--device", "cpu", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "toy_cnn" in out and "top-1" in out
+    stored = json.loads((tmp_path / "sel" / "eval.json").read_text())
+    r = stored["toy_cnn/spec"]
+    assert len(r["top1"]["values"]) == 2 and 0.0 <= r["top1"]["mean"] <= 1.0
+    assert r["protocol"]["selection"].startswith("early stopping on 30 validation images")
+    assert len(list((cache / "features").glob("*.safetensors"))) == 2  # test + validation features
+
+
+def test_eval_refuses_an_artifact_of_another_dataset(fashion_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    art = band_artifact(ds)
+    DistilledSet(art.images[:4], torch.arange(4), [f"c{i}" for i in range(4)], art.meta).save(tmp_path / "a")
+    assert main(["eval", str(tmp_path / "a.safetensors"), "--device", "cpu", "--no-cache"]) == 2
+    assert "has 4 classes but dataset fashion-mnist has 10" in capsys.readouterr().err
+
+
+def test_poisoned_test_split_changes_scores_not_selection(fashion_root, monkeypatch):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    bb = load_backbone("toy_cnn")
+    art = band_artifact(ds)
+    poisoned_test = ImageSplit(torch.flip(ds.test.images, dims=[0]), (ds.test.labels + 3) % 10)
+    poisoned = ImageDataset(ds.name, ds.class_names, ds.train, poisoned_test)
+    scores = []
+    for d in (ds, poisoned):
+        ctx = EvalContext.build(d, bb, 16, 14, torch.device("cpu"), FAST_PROBE, val_per_class=3)
+        scores.append(ctx.score_images(art.images, art.labels, [0, 1]))
+    assert scores[0]["epochs"] == scores[1]["epochs"], "the chosen epochs must not depend on the test split"
+    assert scores[0]["top1"]["values"] != scores[1]["top1"]["values"]
+
+
+def test_feature_store_keys_change_with_every_input(tmp_path):
+    store = FeatureStore(tmp_path)
+    base = {"backbone": "a", "dataset": "d", "split": "test", "res": 16, "crop": 14, "weights": "w"}
+    calls = []
+
+    def compute(v):
+        def f():
+            calls.append(v)
+            return torch.full((2, 3), float(v))
+        return f
+
+    first = store.get(base, compute(1))
+    again = store.get(base, compute(2))
+    assert torch.equal(first, again) and calls == [1], "the second read must come from disk"
+    for k, v in (("backbone", "b"), ("res", 32), ("crop", 12), ("split", "val"), ("weights", "w2"), ("dataset", "e")):
+        changed = store.get({**base, k: v}, compute(3))
+        assert torch.equal(changed, torch.full((2, 3), 3.0)), k
+    assert calls == [1] + [3] * 6
+
+
+def test_feature_store_never_serves_a_mismatched_entry(tmp_path):
+    store = FeatureStore(tmp_path)
+    key = {"backbone": "a", "split": "test"}
+    store.get(key, lambda: torch.zeros(2))
+    other = {"backbone": "b", "split": "test"}
+    # A file copied over another key's name must be detected through the stored key.
+    store.path({**other, "feature_version": 1}).write_bytes(store.path({**key, "feature_version": 1}).read_bytes())
+    assert torch.equal(store.get(other, lambda: torch.ones(2)), torch.ones(2))
+
+
+def test_nonfinite_features_are_not_cached(tmp_path):
+    from lgm.errors import LgmError
+
+    with pytest.raises(LgmError, match="NaN"):
+        FeatureStore(tmp_path).get({"k": 1}, lambda: torch.tensor([float("nan")]))
+
+
+def test_neighbors_pick_the_most_similar_image_of_the_same_class():
+    from lgm.baselines import neighbor_indices
+
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    query = torch.tensor([[1.0, 0.05], [1.0, 0.05]])
+    # Query 0 (class 0) -> row 0; query 1 (class 1): row 2 is the best match even though row 0 is closer overall.
+    assert neighbor_indices(query, torch.tensor([0, 1]), feats, labels).tolist() == [0, 2]
+
+
+def test_random_selection_stays_in_the_pool_and_is_class_major():
+    from lgm.baselines import random_indices
+
+    labels = torch.arange(4).repeat_interleave(25)
+    pool = torch.arange(0, 100, 2)  # even rows only
+    idx = random_indices(labels, 2, seed=3, pool=pool)
+    assert (idx % 2 == 0).all()
+    assert labels[idx].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.equal(idx, random_indices(labels, 2, seed=3, pool=pool))
+
+
+def test_baselines_cli_writes_artifacts_that_eval_scores(fashion_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    band_artifact(ds).save(tmp_path / "distilled")
+    out = tmp_path / "base"
+    assert main(["baselines", "--dataset", "fashion-mnist", "--backbone", "toy_cnn", "--out", str(out),
+                 "--random-seeds", "2", "--distilled", str(tmp_path / "distilled.json"), "--val-per-class", "3",
+                 "--device", "cpu", "--no-cache"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["centroids", "full", "neighbors", "random_s0", "random_s1"]
+    val_rows = set(__import__("lgm.evaluate", fromlist=["x"]).validation_split(ds.train.labels, 3)[1].tolist())
+    for name in ("centroids", "neighbors", "random_s0"):
+        art = DistilledSet.load(out / name)
+        assert art.labels.tolist() == list(range(10))
+        assert not val_rows & set(art.meta["indices"]), "baselines must never pick validation images"
+        assert torch.equal(art.labels, ds.train.labels[torch.tensor(art.meta["indices"])])
+    assert main(["eval", str(out / "centroids"), str(out / "full"), "--backbone", "toy_cnn", "--repeats", "1",
+                 "--views", "2", "--epochs", "5", "--val-per-class", "3", "--device", "cpu", "--no-cache"]) == 0
+    table = capsys.readouterr().out
+    assert str(out / "full") in table and str(out / "centroids") in table
