@@ -224,3 +224,23 @@ def test_on_bad_image_value_is_checked(tmp_path):
 def test_class_values_are_distinct():
     # The fixtures' label read-back relies on this.
     assert len({class_value(c) for c in range(12)}) == 12 and class_value(11) < 255
+
+
+# ---------------------------------------------------------------------------------------------- batch loader
+
+
+def test_batch_loader_balanced_deterministic_and_labelled(tmp_path):
+    from lgm.data.loader import BatchLoader
+
+    split = make_split(tmp_path, n_per_class=4, classes=3, workers=2)
+    with BatchLoader(split, 7, 8, sampling="balanced", seed=5, prefetch=2) as loader:
+        batches = [next(loader) for _ in range(3)]
+    for x, y in batches:
+        assert x.shape == (7, 3, 8, 8) and label_from_pixels(x) == y.tolist()
+        counts = sorted(torch.bincount(y, minlength=3).tolist())
+        assert counts == [2, 2, 3]  # 7 images over 3 classes
+    with BatchLoader(split, 7, 8, sampling="balanced", seed=5, prefetch=1) as again:
+        assert all(torch.equal(y, next(again)[1]) for _, y in batches)  # prefetch depth does not change the draw
+    with BatchLoader(split, 5, 8, sampling="uniform", seed=0) as uniform:
+        x, y = next(uniform)
+        assert x.shape == (5, 3, 8, 8) and label_from_pixels(x) == y.tolist()
