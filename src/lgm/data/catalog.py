@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from lgm.data import DATASETS, FileSplit, dataset_info, load_dataset, resolve_data_root
@@ -38,7 +40,7 @@ def check_dataset(name: str, data_root: str | None, on_bad_image: str) -> None:
     for split_name, split in ds.splits().items():
         skipped = []
         if isinstance(split, FileSplit):
-            split = split.verify(progress=True)
+            split = split.verify(progress=sys.stderr.isatty())
             skipped = split.skipped
         counts = torch.bincount(split.labels.cpu(), minlength=ds.num_classes)
         line = f"  {split_name}: {len(split)} images, per class {int(counts.min())}..{int(counts.max())}"
