@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -50,7 +50,20 @@ class ListBackbones:
 
 @dataclass(frozen=True)
 class ListDatasets:
-    """List the registered datasets."""
+    """List the registered datasets: classes, split sizes, and whether (and where) each is found.
+
+    With --check NAME, load that dataset (a registered name or folder:PATH),
+    decode every image once and report its classes, split sizes and bad files.
+    """
+
+    data_root: str | None = None
+    """Directory holding datasets (default: $LGM_DATA_ROOT, then each dataset's standard location)."""
+    brief: bool = False
+    """One line per dataset (leave out the expected on-disk layout and the origin)."""
+    check: str | None = None
+    """Load and verify this dataset instead of listing."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """With --check: stop at bad image files (listing them), or leave them out and report them."""
 
 
 def _run(cmd) -> int:
@@ -77,10 +90,12 @@ def _run(cmd) -> int:
             size = info.input_size or "any"
             print(f"{info.name:20s} dim {info.feature_dim:5d}  input {size!s:4s}  weights: {info.weights}")
     elif isinstance(cmd, ListDatasets):
-        from lgm.data import DATASETS
+        from lgm.data.catalog import check_dataset, list_datasets
 
-        for name in DATASETS.names():
-            print(name)
+        if cmd.check:
+            check_dataset(cmd.check, cmd.data_root, cmd.on_bad_image)
+        else:
+            list_datasets(cmd.data_root, cmd.brief)
     return 0
 
 

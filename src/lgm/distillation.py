@@ -21,7 +21,7 @@ from lgm.artifacts import DistilledSet, atomic_save_tensors, load_tensors
 from lgm.augment import AugmentConfig, augment
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
-from lgm.data import DATASETS, ImageDataset, load_dataset, stratified_indices
+from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_indices
 from lgm.errors import LgmError, NonFiniteLossError
 from lgm.features import CachedReal, LiveReal, compute_feature_cache
 from lgm.grid import save_grid
@@ -184,7 +184,7 @@ def distill(
     device = resolve_device(cfg.device)
     # Unknown names fail before a run directory is created.
     if isinstance(dataset, str):
-        DATASETS.get(cfg.dataset)
+        check_dataset_name(cfg.dataset)
     if isinstance(backbone, str):
         BACKBONES.get(cfg.backbone)
 

@@ -25,3 +25,7 @@ class MissingResourceError(LgmError, FileNotFoundError):
 
 class NonFiniteLossError(LgmError):
     """The meta loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DatasetError(LgmError, ValueError):
+    """A dataset on disk that does not match its expected layout, or holds bad images; the message says which files."""

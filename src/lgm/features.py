@@ -16,16 +16,17 @@ import torch
 
 from lgm.augment import AugmentConfig, augment
 from lgm.backbones import Backbone
-from lgm.data import ImageSplit
+from lgm.data import Split
 from lgm.matching import head_gradient
 
 
 class LiveReal:
     """Uniformly sampled real images, augmented once, features without autograd."""
 
-    def __init__(self, split: ImageSplit, resolution: int, crop: int, aug: AugmentConfig, backbone: Backbone,
+    def __init__(self, split: Split, resolution: int, crop: int, aug: AugmentConfig, backbone: Backbone,
                  device: torch.device, autocast) -> None:
-        self.split = ImageSplit(split.images.to(device), split.labels.to(device))
+        # File-backed splits are decoded once at the run's resolution (thread pool); in-memory ones as they are.
+        self.split = split.materialize(resolution, progress=sys.stderr.isatty()).to(device)
         self.resolution, self.crop, self.aug = resolution, crop, aug
         self.backbone, self.device, self.autocast = backbone, device, autocast
 
@@ -61,7 +62,7 @@ class CachedReal:
 
 
 @torch.no_grad()
-def compute_feature_cache(backbone: Backbone, split: ImageSplit, resolution: int, crop: int, aug: AugmentConfig,
+def compute_feature_cache(backbone: Backbone, split: Split, resolution: int, crop: int, aug: AugmentConfig,
                           views: int, generator: torch.Generator, device: torch.device, autocast,
                           batch: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """fp16 features of ``views`` augmented views of every image of ``split`` (view-major) and their labels."""

