@@ -102,7 +102,8 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     res = cfg.res or int(stored.get("res", 256))
     crop = cfg.crop or int(stored.get("crop", 224))
     out = Path(cfg.out)
-    pool, _ = validation_split(ds.train.labels, cfg.val_per_class)
+    pool = (torch.arange(len(ds.train)) if getattr(ds, "val", None) is not None
+            else validation_split(ds.train.labels, cfg.val_per_class)[0])
     paths: dict[str, Path] = {}
     common = {"backbone": cfg.backbone, "ipc": cfg.ipc, "crop": crop,
               "pool": f"training split minus {cfg.val_per_class} validation images per class"}

@@ -73,19 +73,23 @@ class EvalContext:
               store: FeatureStore | None = None) -> "EvalContext":
         """Test and validation features (from ``store`` when they were computed before)."""
         store = store or FeatureStore(enabled=False)
-        train_index, val_index = validation_split(ds.train.labels, val_per_class, val_seed)
-
         test = stored_split_features(ds, "test", None, backbone, res, crop, device, store)
-        val = stored_split_features(ds, "train", val_index, backbone, res, crop, device, store)
+        if getattr(ds, "val", None) is not None:  # an official validation split (e.g. Flowers-102)
+            train_index = torch.arange(len(ds.train))
+            val, val_labels = stored_split_features(ds, "val", None, backbone, res, crop, device, store), ds.val.labels
+        else:
+            train_index, val_index = validation_split(ds.train.labels, val_per_class, val_seed)
+            val = stored_split_features(ds, "train", val_index, backbone, res, crop, device, store)
+            val_labels = ds.train.labels[val_index]
         return cls(backbone=backbone, num_classes=ds.num_classes, res=res, crop=crop,
-                   test_features=test, test_labels=ds.test.labels, val_features=val,
-                   val_labels=ds.train.labels[val_index], train_index=train_index, device=device, probe=probe)
+                   test_features=test, test_labels=ds.test.labels.cpu(), val_features=val,
+                   val_labels=val_labels.cpu(), train_index=train_index, device=device, probe=probe)
 
     def protocol(self) -> dict:
         return dataclasses.asdict(self.probe) | {
             "lr_resolved": self.probe.learning_rate,
             "test_transform": f"resize to {self.res}, center crop {self.crop}",
-            "selection": (f"early stopping on {len(self.val_labels)} validation images carved from the training set"
+            "selection": (f"early stopping on {len(self.val_labels)} validation images (never the test split)"
                           if self.probe.patience else "last epoch"),
         }
 
