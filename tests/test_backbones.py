@@ -58,7 +58,8 @@ def small_size(name: str) -> int | None:
 
 def needs(name: str) -> None:
     if name.startswith("effnet"):
-        pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch==0.1.0")
+        pytest.importorskip("efficientnet_lite_pytorch",
+                            reason="pip install --no-deps efficientnet-lite-pytorch==0.1.0")
     if name == "opennsfw_resnet50":
         pytest.importorskip("onnx2torch", reason="pip install onnx onnx2torch")
         from lgm.backbones.opennsfw import locate_onnx
@@ -148,7 +149,8 @@ def test_imagenet_normalization_option_applies_to_every_backbone():
     bb.model.load_state_dict(native.model.state_dict())
     x = images(size=28)
     with torch.no_grad():
-        expected = native.model((x - torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)) / torch.tensor(IMAGENET[1]).view(1, 3, 1, 1))
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+        expected = native.model((x - mean) / std)
         torch.testing.assert_close(bb.features(x), expected)
         assert (bb.features(x) - native.features(x)).abs().max() > 1e-3  # and it does change the features
     with pytest.raises(UnknownNameError, match="unknown normalization 'imagenett'.*imagenet"):
@@ -329,8 +331,8 @@ def test_openai_clip_state_dict(tmp_path):
     pre = load_backbone("clip_vitb32_preproj", weights=str(tmp_path / "ViT-B-32.pth"), input_size=64)
     x = images(size=64)
     with torch.no_grad():
-        torch.testing.assert_close(pre.features(x), ref.model.net.forward_features(reference_input(x, "clip_vitb32", 64))[:, 0],
-                                   rtol=1e-5, atol=1e-5)
+        cls = ref.model.net.forward_features(reference_input(x, "clip_vitb32", 64))[:, 0]
+        torch.testing.assert_close(pre.features(x), cls, rtol=1e-5, atol=1e-5)
 
 
 def test_torchscript_archives_are_refused_with_the_conversion(tmp_path):
@@ -501,3 +503,32 @@ def test_lgm_backbones_lists_everything():
     assert re.match(r"toy_cnn\s+32\s+any\s+yes\s", lines["toy_cnn"])  # needs no weights
     assert re.match(r"mocov3_vitb16\s+768\s+224\s+no\s", lines["mocov3_vitb16"])  # only ever from --weights
     assert "timm:<model_name>" in r.stdout
+
+
+def test_distill_passes_normalization_and_checkpointing_to_the_backbone(fashion_root, tmp_path, monkeypatch):
+    import json
+
+    import lgm.distillation
+    from lgm.config import DistillConfig
+    from tests.conftest import TINY
+
+    seen = {}
+    real_load = lgm.distillation.load_backbone
+
+    def spy(*args, **kwargs):
+        bb = real_load(*args, **kwargs)
+        seen.update(normalization=bb.normalization, ckpt=bb.grad_checkpointing, mean=bb.mean.flatten().tolist())
+        return bb
+
+    monkeypatch.setattr(lgm.distillation, "load_backbone", spy)
+    out = tmp_path / "run"
+    lgm.distillation.distill("fashion-mnist", "toy_cnn", out=out, data_root=str(fashion_root), device="cpu",
+                             normalization="imagenet", grad_checkpointing=True, **{**TINY, "steps": 2})
+    assert seen == {"normalization": "imagenet", "ckpt": True, "mean": pytest.approx(IMAGENET[0])}
+    assert json.loads((out / "config.json").read_text())["normalization"] == "imagenet"
+    # Checkpointing changes memory, not results: it stays out of the config hash, the normalization does not.
+    base = DistillConfig(dataset="fashion-mnist", backbone="toy_cnn")
+    assert DistillConfig(dataset="fashion-mnist", backbone="toy_cnn", grad_checkpointing=True).hash() == base.hash()
+    assert DistillConfig(dataset="fashion-mnist", backbone="toy_cnn", normalization="imagenet").hash() != base.hash()
+    r = subprocess.run([sys.executable, "-m", "lgm", "distill", "--help"], capture_output=True, text=True, timeout=300)
+    assert "--normalization" in r.stdout and "--grad-checkpointing" in r.stdout
