@@ -231,6 +231,10 @@ def test_dino_release_and_training_checkpoint(tmp_path):
     }
     torch.save(full, tmp_path / "checkpoint.pth")
     _same_features(load_backbone("dino_vits16", weights=str(tmp_path / "checkpoint.pth"), input_size=32), ref, 32)
+    # A teacher wrapped in DistributedDataParallel (DINO does that for backbones with batch norm).
+    full["teacher"] = {f"module.{k}": v for k, v in full["teacher"].items()}
+    torch.save(full, tmp_path / "checkpoint_ddp.pth")
+    _same_features(load_backbone("dino_vits16", weights=str(tmp_path / "checkpoint_ddp.pth"), input_size=32), ref, 32)
 
 
 def test_dinov2_release_with_and_without_registers(tmp_path):

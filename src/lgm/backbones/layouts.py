@@ -117,7 +117,10 @@ def to_timm_layout(obj: object) -> tuple[dict[str, Tensor], str]:
         if prefix + "class_embedding" in state:
             return _from_openai_clip(state, prefix), f"OpenAI CLIP state dict{where}"
     if notes and notes[0] == "['teacher']":
-        # DINO/DINOv2 training checkpoint: backbone under "backbone.", projection head under "head.".
+        # DINO/DINOv2 training checkpoint: backbone under "backbone.", projection head under "head."
+        # ("module." in front when the teacher was wrapped in DistributedDataParallel).
+        if all(k.startswith("module.") for k in state):
+            state = _strip(state, "module.")
         state = _strip(state, "backbone.") if any(k.startswith("backbone.") for k in state) else state
         layout = "DINO training checkpoint (teacher backbone)"
         if "mask_token" in state or "register_tokens" in state:

@@ -9,6 +9,7 @@ check never builds real weights.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from lgm.backbones.base import BackboneInfo
 from lgm.backbones.weights import (
+    HF_WEIGHT_FILES,
     create_for_loading,
     find_in_hf_cache,
     fit_state_dict,
@@ -59,6 +61,7 @@ def _create(model_name: str, input_size: int | None) -> nn.Module:
     return timm.create_model(model_name, pretrained=False).eval()
 
 
+@functools.lru_cache(maxsize=64)
 def timm_info(name: str, input_size: int | None = None) -> BackboneInfo:
     model_name = name[len(PREFIX):]
     check_name(model_name)
@@ -90,8 +93,14 @@ def _hub_id(model_name: str) -> str | None:
 
 
 def default_weights(name: str):
-    hub = _hub_id(name[len(PREFIX):])
-    return find_in_hf_cache(hub) if hub else None
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name[len(PREFIX):])
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    # Some configs point at one named file of a foreign repository (e.g. open_clip's); timm's own repos hold
+    # model.safetensors / pytorch_model.bin.
+    return find_in_hf_cache(cfg.hf_hub_id, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES)
 
 
 def build_timm(name: str, random_init: bool, weights: str | None, input_size: int | None) -> nn.Module:
