@@ -339,6 +339,7 @@ def test_openai_clip_state_dict(tmp_path):
         torch.testing.assert_close(pre.features(x), cls, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, and only used to write the file
 def test_torchscript_archives_are_refused_with_the_conversion(tmp_path):
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
