@@ -84,11 +84,18 @@ def _run(cmd) -> int:
 
         run_demo(cmd)
     elif isinstance(cmd, ListBackbones):
-        from lgm.backbones import list_backbones
+        from lgm.backbones import list_backbones, weights_on_disk
 
+        row = "{:22s} {:>5s} {:>5s}  {:7s}  {:40s}  {}"
+        print(row.format("name", "dim", "input", "on disk", "normalization (native)", "weights from"))
         for info in list_backbones():
-            size = info.input_size or "any"
-            print(f"{info.name:20s} dim {info.feature_dim:5d}  input {size!s:4s}  weights: {info.weights}")
+            on_disk = "yes" if weights_on_disk(info.name) else "no"
+            print(row.format(info.name, str(info.feature_dim), str(info.input_size or "any"), on_disk,
+                             info.normalization, info.weights))
+        print("timm:<model_name>      any timm model: pooled pre-logits, timm's mean/std and input size, "
+              "weights from the HF cache or --weights")
+        print("Options: --weights PATH, --random-init; Python: load_backbone(name, normalization='imagenet', "
+              "input_size=..., grad_checkpointing=True)")
     elif isinstance(cmd, ListDatasets):
         from lgm.data.catalog import check_dataset, list_datasets
 

@@ -13,7 +13,8 @@ from lgm.synthetic.pyramid import default_grow_every, num_levels_for
 
 # Keys that say how a run is executed, not what it computes: they may change
 # between a run and its resumption and are left out of the config hash.
-RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress")
+# grad_checkpointing only trades compute for memory (same numbers), so it is run control too.
+RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class DistillConfig:
     """Use a randomly initialized backbone (tests/benchmarks only; recorded in every artifact)."""
     weights: str | None = None
     """Path of a local weights file for the backbone (default: its installed/cached weights)."""
+    normalization: Literal["native", "imagenet"] = "native"
+    """Backbone input statistics: its own (native), or ImageNet's for every backbone (the authors' code)."""
+    grad_checkpointing: bool = False
+    """Recompute backbone activations in the backward pass: less memory, more compute, same result."""
     amp: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
     device: str = "auto"

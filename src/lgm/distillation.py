@@ -196,7 +196,8 @@ def distill(
             return DistilledSet.load(run.path)
 
     ds = load_dataset(cfg.dataset, cfg.data_root) if isinstance(dataset, str) else dataset
-    bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights) if isinstance(backbone, str)
+    bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
+                        grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
           else backbone.to(device))
     n_real = real_batch_size(cfg, ds.num_classes)
     if cfg.real_features == "live" and n_real > len(ds.train):

@@ -8,6 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgm.errors import UnknownNameError
+
+# Per-channel statistics, RGB order, on images in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Normalizations a caller may ask for instead of the backbone's own. "imagenet"
+# reproduces the authors' code, which normalizes every backbone (CLIP and EVA-02
+# included) with the ImageNet statistics.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]] | None] = {
+    "native": None,
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+
 
 @dataclass(frozen=True)
 class BackboneInfo:
@@ -15,27 +31,49 @@ class BackboneInfo:
 
     name: str
     feature_dim: int
-    mean: tuple[float, float, float]
+    mean: tuple[float, float, float]  # native statistics, RGB order, images in [0, 1]
     std: tuple[float, float, float]
     input_size: int | None  # None: any resolution
     weights: str  # where the weights come from, for listings and errors
     feature: str  # how the feature is taken, e.g. "global average pool"
+    source: str = ""  # the architecture, e.g. "timm vit_base_patch14_dinov2.lvd142m"
+    normalization: str = ""  # the native normalization in words, e.g. "ImageNet mean/std"
+    fixed_input_size: bool = False  # True: input_size cannot be overridden (e.g. an ONNX graph)
 
 
 class Backbone(nn.Module):
     """A frozen network mapping images in [0, 1] to feature vectors.
 
-    It owns its normalization, its input size and the greyscale-to-RGB
-    conversion, so callers only ever hand it images in [0, 1].
+    It owns the whole preprocessing (greyscale to RGB, resizing to its input
+    size, normalization), so callers only ever hand it images in [0, 1]. The
+    wrapped ``model`` takes normalized RGB images in NCHW; anything beyond that
+    (channel order, memory layout of a foreign graph) is the model's business.
     """
 
-    def __init__(self, info: BackboneInfo, model: nn.Module, random_init: bool) -> None:
+    def __init__(
+        self,
+        info: BackboneInfo,
+        model: nn.Module,
+        random_init: bool,
+        normalization: str = "native",
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise UnknownNameError("normalization", normalization, list(NORMALIZATIONS))
         self.info = info
         self.model = model
         self.random_init = random_init
-        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+        self.normalization = normalization
+        mean, std = NORMALIZATIONS[normalization] or (info.mean, info.std)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.grad_checkpointing = grad_checkpointing
+        if grad_checkpointing:
+            # Every model lgm builds implements this (timm models natively, the
+            # others in their wrappers); recomputing activations in the backward
+            # pass trades compute for memory, the numbers are unchanged.
+            model.set_grad_checkpointing(True)
         self.requires_grad_(False)
         self.eval()
 
@@ -51,14 +89,17 @@ class Backbone(nn.Module):
         # Frozen means frozen: batch-norm statistics and dropout never switch on.
         return super().train(False)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N x 1 or 3 x H x W) -> the model's normalized RGB input."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         size = self.info.input_size
         if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return self.model(x)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lgm.backbones.base import BackboneInfo
 
@@ -15,11 +16,25 @@ TOY_INFO = BackboneInfo(
     input_size=None,
     weights="fixed random init (seed 0); for tests and smoke runs only",
     feature="global average pool",
+    source="lgm (3 conv layers)",
+    normalization="mean 0.5, std 0.25",
 )
 
 
-def build_toy(random_init: bool, weights: str | None) -> nn.Module:
-    net = nn.Sequential(
+class ToyCNN(nn.Sequential):
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
+
+
+def build_toy(random_init: bool, weights: str | None, input_size: int | None = None) -> nn.Module:
+    net = ToyCNN(
         nn.Conv2d(3, 16, 3, stride=2, padding=1),
         nn.GELU(),
         nn.Conv2d(16, 32, 3, stride=2, padding=1),

@@ -1,0 +1,161 @@
+"""Official checkpoint layouts of the paper's ViTs, rewritten into timm's VisionTransformer layout.
+
+Each release stores the same network under its own names:
+
+- timm / HF hub (``model.safetensors``): timm's own names; nothing to do.
+- DINO (facebookresearch/dino): the released backbones already use timm's
+  names; the full training checkpoints hold ``{"teacher": ..., "student": ...}``
+  with ``backbone.`` (teacher) / ``module.backbone.`` (student) prefixes and a
+  ``head.`` projection head. The teacher is the one DINO evaluates.
+- DINOv2 (facebookresearch/dinov2): timm's names plus a pretraining-only
+  ``mask_token``; the register variants keep ``register_tokens`` and a
+  position embedding that covers the class token, while timm's register
+  models add position embeddings to patches only.
+- MoCo v3 (facebookresearch/moco-v3): ``{"state_dict": ...}`` with
+  ``module.base_encoder.`` (the encoder used downstream), plus the momentum
+  encoder and predictor, and a projection MLP under ``head.``.
+- OpenAI CLIP (state dict of ``ViT-B-16.pt`` etc., also open_clip's
+  ``openai`` files): ``visual.*`` names of OpenAI's own modules next to the text
+  tower, and the projection as a bare matrix ``visual.proj`` (width x embed).
+
+:func:`to_timm_layout` detects the layout from the keys, so any of these files
+can be given with --weights; the result still has to fit the model exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keys under ``prefix`` with the prefix removed; every other key dropped."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def unwrap(obj: object) -> tuple[dict[str, Tensor], list[str]]:
+    """Descend into the containers training scripts wrap state dicts in."""
+    notes = []
+    while isinstance(obj, dict):
+        for key in ("teacher", "state_dict", "model", "model_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                notes.append(f"[{key!r}]")
+                break
+        else:
+            break
+    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError("the file holds no state dict (no tensors at the top level or under "
+                         "'teacher', 'state_dict', 'model')")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}, notes
+
+
+def _from_openai_clip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    renames = [
+        ("conv1.", "patch_embed.proj."),
+        ("ln_pre.", "norm_pre."),
+        ("ln_post.", "norm."),
+        ("transformer.resblocks.", "blocks."),
+        (".ln_1.", ".norm1."),
+        (".ln_2.", ".norm2."),
+        (".attn.in_proj_weight", ".attn.qkv.weight"),
+        (".attn.in_proj_bias", ".attn.qkv.bias"),
+        (".attn.out_proj.", ".attn.proj."),
+        (".mlp.c_fc.", ".mlp.fc1."),
+        (".mlp.c_proj.", ".mlp.fc2."),
+    ]
+    out = {}
+    for k, v in _strip(state, prefix).items():  # the text tower lies outside the prefix and is dropped
+        if k == "class_embedding":
+            out["cls_token"] = v.reshape(1, 1, -1)
+        elif k == "positional_embedding":
+            out["pos_embed"] = v.unsqueeze(0)
+        elif k == "proj":
+            # OpenAI computes x @ proj; timm's head is a Linear (y = x W^T + b) without a bias in CLIP.
+            out["head.weight"] = v.t().contiguous()
+            out["head.bias"] = torch.zeros(v.shape[1], dtype=v.dtype)
+        else:
+            for old, new in renames:
+                k = k.replace(old, new)
+            out[k] = v
+    return out
+
+
+def _from_dinov2(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in state.items():
+        if k == "mask_token":  # masked-image-modelling token, pretraining only
+            continue
+        # Chunked checkpoints (block_chunks > 0) name blocks "blocks.<chunk>.<index>."; index is global.
+        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)
+        # The giant model's SwiGLU MLP: w12 (fused gate and value) and w3 map to timm's fc1 and fc2.
+        k = re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", k)
+        k = re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)
+        out[k] = v
+    if "register_tokens" in out:
+        # DINOv2: x = [cls + pos[0], registers, patches + pos[1:]]; timm's register models
+        # (no_embed_class) add pos to patches only, so the class token absorbs pos[0].
+        pos = out.pop("pos_embed")
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    return out
+
+
+def to_timm_layout(obj: object) -> tuple[dict[str, Tensor], str]:
+    """(state dict in timm's names, the layout it was read as)."""
+    state, notes = unwrap(obj)
+    where = "".join(notes)
+    if any(k.startswith("module.base_encoder.") for k in state):
+        enc = _strip(state, "module.base_encoder.")
+        return {k: v for k, v in enc.items() if not k.startswith("head.")}, "MoCo v3 checkpoint (base encoder)"
+    for prefix in ("visual.", "module.visual."):
+        if prefix + "class_embedding" in state:
+            return _from_openai_clip(state, prefix), f"OpenAI CLIP state dict{where}"
+    if notes and notes[0] == "['teacher']":
+        # DINO/DINOv2 training checkpoint: backbone under "backbone.", projection head under "head."
+        # ("module." in front when the teacher was wrapped in DistributedDataParallel).
+        if all(k.startswith("module.") for k in state):
+            state = _strip(state, "module.")
+        state = _strip(state, "backbone.") if any(k.startswith("backbone.") for k in state) else state
+        layout = "DINO training checkpoint (teacher backbone)"
+        if "mask_token" in state or "register_tokens" in state:
+            return _from_dinov2(state), "DINOv2 training checkpoint (teacher backbone)"
+        return {k: v for k, v in state.items() if not k.startswith("head.")}, layout
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = _strip(state, "module.")
+        where += " (module. prefix)"
+    if "mask_token" in state or "register_tokens" in state:
+        return _from_dinov2(state), f"DINOv2 release{where}"
+    return state, f"timm layout{where}"
+
+
+def sincos_2d_pos_embed(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> Tensor:
+    """MoCo v3's fixed position embedding: (1, 1 + h*w, dim), zeros for the class token.
+
+    The first half of the channels encodes the row of a patch (sin, cos) and the
+    second half its column, with frequencies temperature^(-k / (dim/4)); tokens
+    are in timm's row-major patch order. This matches the tensor stored in the
+    official checkpoints (it is a frozen parameter there).
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float64).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.float64).repeat(h)
+    quarter = dim // 4
+    omega = temperature ** -(torch.arange(quarter, dtype=torch.float64) / quarter)
+    a, b = rows[:, None] * omega, cols[:, None] * omega
+    pe = torch.cat([a.sin(), a.cos(), b.sin(), b.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), pe]).unsqueeze(0).float()
+
+
+def grid_of(tokens: int) -> tuple[int, int]:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} position tokens do not form a square grid")
+    return side, side

@@ -1,0 +1,179 @@
+"""Weight files on disk: reading them safely, finding them in the HF cache, fitting them to a model.
+
+Nothing here touches the network: weights come from a file the user names or
+from a Hugging Face hub cache that is already on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lgm.errors import LgmError, MissingResourceError
+
+# Official training checkpoints (DINO's full checkpoints) store their argparse
+# options next to the tensors. Namespace is a plain attribute bag, so letting
+# the weights-only unpickler rebuild it executes no code; nothing else is allowed.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+# Files of a timm model repository on the hub, in the order timm itself prefers them.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+RANDOM_INIT_HINT = "or run with --random-init (Python: random_init=True; tests and speed benchmarks only)"
+
+
+def _is_safetensors(path: Path) -> bool:
+    # A safetensors file starts with an 8-byte little-endian header length and a JSON header.
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def read_weights_file(path: str | Path, what: str) -> dict:
+    """The object stored in a safetensors file or a weights-only torch checkpoint.
+
+    ``what`` names the backbone, for error messages. Pickled Python objects are
+    refused (``torch.load(weights_only=True)``); TorchScript archives are
+    refused with the one-line conversion that turns them into a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingResourceError(f"{what} weights not found at {path} (no such file)")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if _is_torchscript(path):
+        raise LgmError(
+            f"{path} is a TorchScript archive (the format of OpenAI's CLIP release); lgm loads plain state "
+            "dicts only, so that no code inside a download is run. Convert it once, if you trust the file:\n"
+            "  python -c \"import sys, torch; from safetensors.torch import save_file; "
+            "sd = torch.jit.load(sys.argv[1], map_location='cpu').state_dict(); "
+            "save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])\" "
+            f"{path} {path.with_suffix('.safetensors')}\n"
+            "and pass the .safetensors file with --weights."
+        )
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for foreign files)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LgmError(
+            f"{path} could not be read as a weights-only checkpoint for {what} ({first}). lgm never unpickles "
+            "arbitrary Python objects; save the state dict alone (torch.save(model.state_dict(), ...)) or as "
+            "safetensors."
+        ) from None
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache huggingface_hub uses (HF_HUB_CACHE / HF_HOME respected), read at call time."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hf_cache_entry(repo_id: str) -> Path:
+    """Where the hub cache keeps ``repo_id`` (for messages; the folder need not exist)."""
+    return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def find_in_hf_cache(repo_id: str, filenames: tuple[str, ...] = HF_WEIGHT_FILES) -> Path | None:
+    """The first of ``filenames`` already in the local hub cache for ``repo_id`` (revision main), or None.
+
+    A pure file-system lookup: huggingface_hub's ``try_to_load_from_cache``
+    never downloads.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=str(hf_cache_dir()))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def missing_hf_weights(what: str, repo_id: str | None, file_hint: str) -> MissingResourceError:
+    """The error for a backbone whose default weights are not on disk.
+
+    ``file_hint`` says which files --weights accepts for this backbone.
+    """
+    if repo_id:
+        where = (f"no weights for {what}: expected {' or '.join(HF_WEIGHT_FILES)} of the hub repository "
+                 f"{repo_id} in the local Hugging Face cache ({hf_cache_entry(repo_id)}), and lgm never downloads.")
+    else:
+        where = f"no weights for {what}: it has no hub repository, so the weights must come from a file."
+    return MissingResourceError(
+        f"{where} Provide them with --weights PATH (Python: weights=PATH), {file_hint}; {RANDOM_INIT_HINT}."
+    )
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, source: str, layout: str) -> None:
+    """Load ``state`` into ``model`` strictly, or explain exactly what does not fit.
+
+    ``source`` is the file (or cache entry) and ``layout`` the layout it was
+    read as, so that a wrong file is recognizable from the message alone.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {few(wrong)}")
+        raise LgmError(
+            f"the weights in {source} (read as {layout}) do not fit {what}: " + "; ".join(parts)
+            + ". Is this the checkpoint of this backbone (same size and patch size)?"
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def create_for_loading(create: Callable[[], nn.Module]) -> nn.Module:
+    """``create()`` without initializing the weights a checkpoint is about to replace.
+
+    Random initialization is most of the time it takes to build a large ViT on
+    the CPU (seconds for ViT-L), wasted when weights follow. The model is built
+    on the meta device and given uninitialized CPU storage; buffers that are
+    not in a state dict are recomputed through timm's
+    ``init_non_persistent_buffers``, and every other tensor must then come from
+    the checkpoint (:func:`fit_state_dict` loads strictly). A model with a
+    non-persistent buffer that cannot be recomputed is built normally.
+    """
+    with torch.device("meta"):
+        net = create()
+    persistent = set(net.state_dict())
+    owners = []
+    for prefix, module in net.named_modules():
+        names = [f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False)]
+        if any(n not in persistent for n in names):
+            if not hasattr(module, "init_non_persistent_buffers"):
+                return create()
+            owners.append(module)
+    net.to_empty(device="cpu")
+    for module in owners:
+        module.init_non_persistent_buffers()
+    return net
