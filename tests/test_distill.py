@@ -116,6 +116,24 @@ def test_feature_cache_matches_direct_features(fashion_root, tmp_path):
     assert cache["features"].float().std() > 0
 
 
+def test_full_real_gradient_is_the_gradient_over_the_whole_cache():
+    from lgm.features import CachedReal
+    from lgm.matching import head_gradient
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(300, 8, generator=g).half(), torch.randint(0, 5, (300,), generator=g)
+    w, b = torch.randn(5, 8, generator=g) * 0.1, torch.zeros(5)
+    real = CachedReal(feats, labels, torch.device("cpu"))
+    from lgm.config import DistillConfig
+    from lgm.distillation import real_batch_size
+
+    n = real_batch_size(DistillConfig("d", "b", real_features="cached", real_gradient="full"), 5)
+    full = real.gradient(w, b, n, torch.Generator(), torch.Generator())
+    torch.testing.assert_close(full, head_gradient(feats.float(), labels, w, b))
+    part = real.gradient(w, b, 100, torch.Generator().manual_seed(1), torch.Generator())
+    assert not torch.allclose(part, full), "a sampled batch differs from the exact gradient"
+
+
 def _wait_for(path: Path, timeout: float = 60.0) -> None:
     deadline = time.time() + timeout
     while not path.exists():
@@ -203,6 +221,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(fashion_root, tmp_p
         ({"res": 24, "crop": 20}, "power of two"),
         ({"crop": 32}, "cannot exceed --res"),
         ({"augs": 100}, "larger than the training set"),
+        ({"real_gradient": "full"}, "needs --real-features cached"),
     ],
 )
 def test_bad_settings_are_explained(fashion_root, tmp_path, kw, message):

@@ -142,3 +142,26 @@ def test_baselines_cli_writes_artifacts_that_eval_scores(fashion_root, tmp_path,
                  "--views", "2", "--epochs", "5", "--val-per-class", "3", "--device", "cpu", "--no-cache"]) == 0
     table = capsys.readouterr().out
     assert str(out / "full") in table and str(out / "centroids") in table
+
+
+def test_crossmodel_matrix_marks_the_same_model_entry(fashion_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    art = band_artifact(ds)
+    art.save(tmp_path / "a" / "distilled")
+    DistilledSet(art.images.flip(-1), art.labels, art.class_names, art.meta | {"backbone": "effnet_lite0"}).save(
+        tmp_path / "b" / "distilled")
+    out = tmp_path / "matrix"
+    assert main(["crossmodel", str(tmp_path / "a"), str(tmp_path / "b"), "--backbone", "toy_cnn", "effnet_lite0",
+                 "--random-init", "--res", "32", "--crop", "32", "--repeats", "1", "--views", "2", "--epochs", "5",
+                 "--val-per-class", "3",
+                 "--device", "cpu", "--no-cache", "--out", str(out)]) == 0
+    matrix = json.loads((out / "crossmodel.json").read_text())
+    assert [r["distilled_with"] for r in matrix["rows"]] == ["toy_cnn", "effnet_lite0"]
+    first, second = matrix["rows"]
+    assert first["same_model"] == first["top1"]["toy_cnn"]
+    assert first["cross_model_mean"] == first["top1"]["effnet_lite0"]
+    assert second["same_model"] == second["top1"]["effnet_lite0"]
+    md = (out / "crossmodel.md").read_text()
+    assert md.count("**") == 4  # one bold same-model cell per row
+    assert len((out / "crossmodel.csv").read_text().strip().splitlines()) == 3

@@ -44,6 +44,17 @@ class EvalCommand:
 
 
 @dataclass(frozen=True)
+class CrossModelCommand:
+    """Evaluate every artifact on every backbone: the cross-model matrix (paper's Table 2) as JSON, CSV, markdown."""
+
+    artifacts: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories or artifact files (one row each)."""
+    config: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = EvalConfig()
+    out: str = "runs/crossmodel"
+    """Directory receiving crossmodel.json, crossmodel.csv and crossmodel.md."""
+
+
+@dataclass(frozen=True)
 class ListBackbones:
     """List the registered backbones."""
 
@@ -75,6 +86,14 @@ def _run(cmd) -> int:
         from lgm.evaluate import run_eval
 
         run_eval(cmd.artifacts, cmd.config, as_json=cmd.json)
+    elif isinstance(cmd, CrossModelCommand):
+        from pathlib import Path
+
+        from lgm.evaluate import crossmodel_matrix
+
+        crossmodel_matrix(cmd.artifacts, cmd.config, Path(cmd.out),
+                          log=lambda m: print(f"lgm crossmodel: {m}", file=sys.stderr, flush=True))
+        print((Path(cmd.out) / "crossmodel.md").read_text())
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -112,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "distill": DistillCommand,
             "eval": EvalCommand,
             "baselines": BaselineConfig,
+            "crossmodel": CrossModelCommand,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,

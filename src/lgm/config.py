@@ -61,6 +61,8 @@ class DistillConfig:
     """Real side: live backbone passes on sampled images (paper), or a per-run cache of augmented views' features."""
     real_batch: int = 0
     """Real images (or cached views) per step; 0 = ipc*augs*classes, the paper's batch."""
+    real_gradient: Literal["batch", "full"] = "batch"
+    """Real gradient per step: from a sampled batch (--real-batch), or exact over the whole feature cache (needs cached)."""
     cache_views: int = 2
     """Augmented views per training image in the feature cache (--real-features cached)."""
     cache_per_class: int = 0
@@ -111,6 +113,8 @@ class DistillConfig:
                 problems.append(f"--res must be a power of two for the pyramid parameterization, got {self.res}")
         if self.crop > 0 and self.res > 0 and self.crop > self.res:
             problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
+        if self.real_gradient == "full" and self.real_features != "cached":
+            problems.append("--real-gradient full needs --real-features cached (the exact gradient runs over the cache)")
         if problems:
             raise LgmError("invalid distillation settings:\n  " + "\n  ".join(problems))
 

@@ -24,7 +24,7 @@ from lgm.evaluate import FULL_PROBE, EvalContext, summary
 from lgm.probe import ProbeConfig, split_features, topk, train_probes
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
-                    lr=1e-2, res=64, crop=56, real_features="cached", real_batch=4000, cache_per_class=1000,
+                    lr=1e-2, res=64, crop=64, real_features="cached", real_batch=4000, cache_per_class=1000,
                     cache_views=2)
 
 

@@ -127,6 +127,8 @@ def distill_step(
 
 
 def real_batch_size(cfg: DistillConfig, num_classes: int) -> int:
+    if cfg.real_gradient == "full":
+        return 2**62  # every cached row: CachedReal takes the exact gradient over the whole cache
     return cfg.real_batch or cfg.ipc * cfg.augs * num_classes
 
 

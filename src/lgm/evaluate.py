@@ -139,6 +139,8 @@ class EvalConfig:
     """Where test/validation features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
     cache: bool = True
     """Store and reuse test/validation features on disk (--no-cache recomputes)."""
+    random_init: bool = False
+    """Randomly initialized backbones (tests and speed checks; marked in every result)."""
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig.named(self.protocol, views=self.views, epochs=self.epochs)
@@ -186,7 +188,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
         raise LgmError(f"{where} does not record its backbone; pass --backbone")
     results = {}
     for name in backbones:
-        bb = load_backbone(name, device)
+        bb = load_backbone(name, device, random_init=cfg.random_init)
         ctx = EvalContext.build(ds, bb, res, crop, device, cfg.probe(), cfg.val_per_class, store=store)
         scores = ctx.score_images(images, artifact.labels, list(range(cfg.repeats)))
         log(f"{where} on {name}: top-1 {scores['top1']['mean'] * 100:.1f} ± {scores['top1']['std'] * 100:.1f}, "
@@ -209,7 +211,7 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
     results = {}
     for name in cfg.backbone or ():
-        bb = load_backbone(name, device)
+        bb = load_backbone(name, device, random_init=cfg.random_init)
         ctx = EvalContext.build(ds, bb, res, crop, device, FULL_PROBE, cfg.val_per_class, store=store)
         feats = stored_split_features(ds, "train", ctx.train_index, bb, res, crop, device, store)
         labels = ds.train.labels[ctx.train_index]
@@ -279,3 +281,42 @@ def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -
         everything[src] = results
     print(json.dumps(everything, indent=2) if as_json else format_eval_table(rows))
     return everything
+
+
+def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=print) -> dict:
+    """Every artifact on every backbone (the paper's Table 2): JSON, CSV and markdown in ``out``.
+
+    Rows are artifacts (labelled by the backbone they were distilled with when
+    they record one), columns the evaluating backbones; the same-model entry is
+    where the two agree, and each row's cross-model average leaves it out.
+    """
+    from lgm.artifacts import atomic_write_json, atomic_write_text
+
+    if not cfg.backbone:
+        raise LgmError("name the evaluating backbones with --backbone B1 B2 ...")
+    rows = []
+    for src in sources:
+        artifact = DistilledSet.load(Path(src))
+        results = evaluate_artifact(artifact, cfg, where=src, log=log)
+        source_bb = artifact.meta.get("backbone")
+        accs = {name: r["top1"]["mean"] for name, r in results.items()}
+        cross = [a for name, a in accs.items() if name != source_bb]
+        rows.append({"artifact": src, "distilled_with": source_bb, "top1": accs,
+                     "std": {name: r["top1"]["std"] for name, r in results.items()},
+                     "same_model": accs.get(source_bb), "cross_model_mean": statistics.fmean(cross) if cross else None})
+    matrix = {"backbones": list(cfg.backbone), "rows": rows, "protocol": dataclasses.asdict(cfg.probe()) | {"repeats": cfg.repeats}}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "crossmodel.json", matrix)
+    header = ["artifact", "distilled with", *cfg.backbone, "cross-model mean"]
+    csv = [",".join(header)]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [f"{r['top1'][b] * 100:.1f}" for b in cfg.backbone]
+        cross = "" if r["cross_model_mean"] is None else f"{r['cross_model_mean'] * 100:.1f}"
+        csv.append(",".join([r["artifact"], str(r["distilled_with"]), *cells, cross]))
+        marked = [f"**{c}**" if b == r["distilled_with"] else c for b, c in zip(cfg.backbone, cells)]
+        md.append("| " + " | ".join([r["artifact"], str(r["distilled_with"]), *marked, cross]) + " |")
+    atomic_write_text(out / "crossmodel.csv", "\n".join(csv) + "\n")
+    atomic_write_text(out / "crossmodel.md", "\n".join(md) + "\n\nBold: same-model entry (the evaluating backbone "
+                      "is the one the artifact was distilled with). Top-1 %, mean over repeats.\n")
+    return matrix
