@@ -165,3 +165,19 @@ def test_crossmodel_matrix_marks_the_same_model_entry(fashion_root, tmp_path, mo
     md = (out / "crossmodel.md").read_text()
     assert md.count("**") == 4  # one bold same-model cell per row
     assert len((out / "crossmodel.csv").read_text().strip().splitlines()) == 3
+
+
+def test_grouped_test_split_reports_worst_group(fashion_root, monkeypatch):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    test = ImageSplit(ds.test.images, ds.test.labels, groups=(ds.test.labels >= 5).long())
+    grouped = ImageDataset(ds.name, ds.class_names, ds.train, test, meta={"group_names": ["low", "high"]})
+    ctx = EvalContext.build(grouped, load_backbone("toy_cnn"), 16, 14, torch.device("cpu"), FAST_PROBE,
+                            val_per_class=3)
+    r = ctx.score_images(band_artifact(ds).images, torch.arange(10), [0, 1])
+    assert set(r["groups"]) == {"low", "high"}
+    for i in range(2):
+        per = [r["groups"][g]["values"][i] for g in ("low", "high")]
+        assert r["worst_group_top1"]["values"][i] == min(per)
+        # Equal-sized groups: overall top-1 is their mean.
+        assert r["top1"]["values"][i] == pytest.approx(sum(per) / 2, abs=1e-6)

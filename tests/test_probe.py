@@ -110,3 +110,15 @@ def test_validation_split_is_stratified_disjoint_and_deterministic():
     assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == 100
     assert torch.equal(validation_split(labels, 3, seed=1)[1], val)
     assert not torch.equal(validation_split(labels, 3, seed=2)[1], val)
+
+
+def test_group_accuracy_finds_the_worst_group():
+    from lgm.probe import group_top1
+
+    w = torch.eye(2).unsqueeze(0)
+    res = ProbeResult(w, torch.zeros(1, 2), torch.zeros(1), torch.zeros(1))
+    x = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 0]])  # predicts 0, 0, 1, 0
+    labels = torch.tensor([0, 0, 1, 1])
+    groups = torch.tensor([0, 0, 1, 1])  # group 1's second image is misclassified
+    acc = group_top1(res, x, labels, groups)
+    assert float(acc[0][0]) == 1.0 and float(acc[1][0]) == 0.5

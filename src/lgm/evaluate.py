@@ -21,8 +21,8 @@ from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
 from lgm.errors import LgmError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
-from lgm.probe import (ProbeConfig, center_crop, nearest_neighbor_top1, split_features, topk, train_probes,
-                       view_features)
+from lgm.probe import (ProbeConfig, center_crop, group_top1, nearest_neighbor_top1, split_features, topk,
+                       train_probes, view_features)
 
 # The authors' full-dataset probe (SPEC §7): batch 128, lr 5e-4, 100 epochs, on one center view per image.
 FULL_PROBE = ProbeConfig(epochs=100, batch=128, lr=5e-4, views=1, patience=10)
@@ -66,6 +66,9 @@ class EvalContext:
     """Training images that are not in the validation split (the pool baselines choose from)."""
     device: torch.device
     probe: ProbeConfig = ProbeConfig()
+    test_groups: torch.Tensor | None = None
+    """Group of every test image (Waterbirds, Spawrious): adds per-group and worst-group top-1."""
+    group_names: list[str] | None = None
 
     @classmethod
     def build(cls, ds: ImageDataset, backbone: Backbone, res: int, crop: int, device: torch.device,
@@ -83,7 +86,9 @@ class EvalContext:
             val_labels = ds.train.labels[val_index]
         return cls(backbone=backbone, num_classes=ds.num_classes, res=res, crop=crop,
                    test_features=test, test_labels=ds.test.labels.cpu(), val_features=val,
-                   val_labels=val_labels.cpu(), train_index=train_index, device=device, probe=probe)
+                   val_labels=val_labels.cpu(), train_index=train_index, device=device, probe=probe,
+                   test_groups=None if ds.test.groups is None else ds.test.groups.cpu(),
+                   group_names=ds.meta.get("group_names"))
 
     def protocol(self) -> dict:
         return dataclasses.asdict(self.probe) | {
@@ -95,7 +100,7 @@ class EvalContext:
 
     def score_images(self, images: torch.Tensor, labels: torch.Tensor, seeds: list[int]) -> dict:
         """Probe top-1/top-5 for each seed (augmented views drawn per seed) and 1-NN on center views."""
-        top1, top5, epochs = [], [], []
+        top1, top5, epochs, per_group = [], [], [], []
         for seed in seeds:
             g = torch.Generator(device=self.device).manual_seed(seed)
             pool = view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
@@ -105,10 +110,25 @@ class EvalContext:
             top1.append(float(topk(res, self.test_features, self.test_labels, 1)[0]))
             top5.append(float(topk(res, self.test_features, self.test_labels, 5)[0]))
             epochs.append(int(res.epoch[0]))
+            if self.test_groups is not None:
+                per_group.append({g: float(a[0]) for g, a in
+                                  group_top1(res, self.test_features, self.test_labels, self.test_groups).items()})
         with torch.no_grad():
             center = self.backbone.features(center_crop(images.to(self.device), self.crop)).float().cpu()
         nn1 = nearest_neighbor_top1(center, labels, self.test_features, self.test_labels)
-        return {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": epochs}
+        out = {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": epochs}
+        if per_group:
+            out |= self.group_summary(per_group)
+        return out
+
+    def group_summary(self, per_group: list[dict[int, float]]) -> dict:
+        """Per-group top-1 (mean over repeats) and the worst group's, as reported for spurious-correlation sets."""
+        names = self.group_names or []
+        groups = sorted(per_group[0])
+        label = {g: names[g] if g < len(names) else str(g) for g in groups}
+        by_group = {label[g]: summary([r[g] for r in per_group]) for g in groups}
+        worst = [min(r.values()) for r in per_group]
+        return {"groups": by_group, "worst_group_top1": summary(worst)}
 
 
 @dataclass(frozen=True)
@@ -246,11 +266,17 @@ def eval_json_path(source: Path) -> Path:
 
 
 def format_eval_table(rows: list[tuple[str, str, dict]]) -> str:
-    lines = ["| artifact | backbone | top-1 (%) | top-5 (%) | 1-NN (%) |", "|---|---|---|---|---|"]
+    grouped = any("worst_group_top1" in r for _, _, r in rows)
+    head = "| artifact | backbone | top-1 (%) | top-5 (%) | 1-NN (%) |" + (" worst group (%) |" if grouped else "")
+    lines = [head, "|---" * (6 if grouped else 5) + "|"]
     for where, name, r in rows:
         t1, t5 = r["top1"], r["top5"]
-        lines.append(f"| {where} | {name} | {t1['mean'] * 100:.1f} ± {t1['std'] * 100:.1f} | "
-                     f"{t5['mean'] * 100:.1f} ± {t5['std'] * 100:.1f} | {r['nn1'] * 100:.1f} |")
+        line = (f"| {where} | {name} | {t1['mean'] * 100:.1f} ± {t1['std'] * 100:.1f} | "
+                f"{t5['mean'] * 100:.1f} ± {t5['std'] * 100:.1f} | {r['nn1'] * 100:.1f} |")
+        if grouped:
+            wg = r.get("worst_group_top1")
+            line += f" {wg['mean'] * 100:.1f} ± {wg['std'] * 100:.1f} |" if wg else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 

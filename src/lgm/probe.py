@@ -187,6 +187,14 @@ def topk(result: ProbeResult, features: torch.Tensor, labels: torch.Tensor, k: i
     return hit.float().mean(1)
 
 
+def group_top1(result: ProbeResult, features: torch.Tensor, labels: torch.Tensor,
+               groups: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Top-1 of every repeat within each group present (group id -> R values)."""
+    with torch.no_grad():
+        hit = (result.logits(features).argmax(-1) == labels[None, :]).float()  # R x M
+    return {int(g): hit[:, groups == g].mean(1) for g in torch.unique(groups)}
+
+
 def nearest_neighbor_top1(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                           test_labels: torch.Tensor) -> float:
     """1-NN accuracy: each test row takes the label of the most cosine-similar training row."""
