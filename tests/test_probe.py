@@ -122,3 +122,12 @@ def test_group_accuracy_finds_the_worst_group():
     groups = torch.tensor([0, 0, 1, 1])  # group 1's second image is misclassified
     acc = group_top1(res, x, labels, groups)
     assert float(acc[0][0]) == 1.0 and float(acc[1][0]) == 0.5
+
+
+def test_per_repeat_pools_equal_separate_runs_on_each_pool():
+    pool_a, y, _ = linear_task(80, seed=1)
+    pool_b, _, _ = linear_task(80, seed=2)
+    together = train_probes(torch.stack([pool_a, pool_b]), y, 4, dataclasses.replace(FAST, patience=0), [5, 6])
+    for r, (pool, seed) in enumerate(((pool_a, 5), (pool_b, 6))):
+        alone = train_probes(pool, y, 4, dataclasses.replace(FAST, patience=0), [seed])
+        torch.testing.assert_close(together.weight[r], alone.weight[0], rtol=1e-4, atol=1e-6)

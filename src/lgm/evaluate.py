@@ -100,19 +100,21 @@ class EvalContext:
 
     def score_images(self, images: torch.Tensor, labels: torch.Tensor, seeds: list[int]) -> dict:
         """Probe top-1/top-5 for each seed (augmented views drawn per seed) and 1-NN on center views."""
-        top1, top5, epochs, per_group = [], [], [], []
+        pools = []
         for seed in seeds:
             g = torch.Generator(device=self.device).manual_seed(seed)
-            pool = view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
-                                 self.device)
-            res = train_probes(pool, labels, self.num_classes, self.probe, [seed],
-                               val=(self.val_features, self.val_labels))
-            top1.append(float(topk(res, self.test_features, self.test_labels, 1)[0]))
-            top5.append(float(topk(res, self.test_features, self.test_labels, 5)[0]))
-            epochs.append(int(res.epoch[0]))
-            if self.test_groups is not None:
-                per_group.append({g: float(a[0]) for g, a in
-                                  group_top1(res, self.test_features, self.test_labels, self.test_groups).items()})
+            pools.append(view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
+                                       self.device))
+        # All repeats train together as one batched model (each with its own views and batch order).
+        res = train_probes(torch.stack(pools), labels, self.num_classes, self.probe, seeds,
+                           val=(self.val_features, self.val_labels))
+        top1 = topk(res, self.test_features, self.test_labels, 1).tolist()
+        top5 = topk(res, self.test_features, self.test_labels, 5).tolist()
+        epochs = res.epoch.tolist()
+        per_group = []
+        if self.test_groups is not None:
+            acc = group_top1(res, self.test_features, self.test_labels, self.test_groups)
+            per_group = [{g: float(a[r]) for g, a in acc.items()} for r in range(len(seeds))]
         with torch.no_grad():
             center = self.backbone.features(center_crop(images.to(self.device), self.crop)).float().cpu()
         nn1 = nearest_neighbor_top1(center, labels, self.test_features, self.test_labels)

@@ -117,7 +117,8 @@ def _cosine_factor(step: int, total: int) -> float:
 
 def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seeds: list[int],
                  val: tuple[torch.Tensor, torch.Tensor] | None = None) -> ProbeResult:
-    """Train one probe per seed on a views x N x f feature pool (``pool`` may also be N x f: one view).
+    """Train one probe per seed on a views x N x f feature pool (``pool`` may also be N x f: one view,
+    or R x views x N x f: a pool of its own for every repeat).
 
     With ``val`` (features, labels) and ``cfg.patience`` > 0, each repeat keeps
     its best-validation epoch and stops after ``patience`` epochs without
@@ -125,7 +126,10 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
     """
     if pool.dim() == 2:
         pool = pool.unsqueeze(0)
-    views, n, dim = pool.shape
+    pools = list(pool) if pool.dim() == 4 else [pool] * len(seeds)
+    if len(pools) != len(seeds):
+        raise ValueError(f"{len(pools)} per-repeat pools for {len(seeds)} seeds")
+    views, n, dim = pools[0].shape
     if labels.shape != (n,):
         raise ValueError(f"pool holds {n} images but labels have shape {tuple(labels.shape)}")
     if not torch.isfinite(pool).all():
@@ -149,7 +153,7 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
         for g in gens:
             picks.append(torch.randint(views, (n,), generator=g) if views > 1 else torch.zeros(n, dtype=torch.long))
             orders.append(torch.randperm(n, generator=g))
-        x_epoch = torch.stack([pool[v, rows] for v in picks])  # R x N x f
+        x_epoch = torch.stack([p[v, rows] for p, v in zip(pools, picks)])  # R x N x f
         order = torch.stack(orders)  # R x N
         for i in range(steps_per_epoch):
             idx = order[:, i * cfg.batch:(i + 1) * cfg.batch]  # R x B
