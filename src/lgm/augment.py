@@ -80,16 +80,36 @@ def crop_resize(x: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@dataclass(frozen=True)
+class NoiseDraw:
+    """Per-sample noise: which samples get it (0/1 scale per sample) and the noise itself."""
+
+    scale: torch.Tensor  # n
+    noise: torch.Tensor  # n x C x H x W (std and mean applied)
+
+    def __getitem__(self, s: slice) -> "NoiseDraw":
+        return NoiseDraw(self.scale[s], self.noise[s])
+
+
+def draw_noise(shape: tuple[int, ...], cfg: AugmentConfig, generator: torch.Generator,
+               dtype: torch.dtype = torch.float32) -> NoiseDraw | None:
+    if cfg.noise_std == 0 and cfg.noise_mean == 0:
+        return None
+    dev = generator.device
+    scale = (torch.rand(shape[0], generator=generator, device=dev) < cfg.noise_p).to(dtype)
+    noise = torch.randn(shape, generator=generator, device=dev, dtype=dtype) * cfg.noise_std + cfg.noise_mean
+    return NoiseDraw(scale, noise)
+
+
+def apply_noise(x: torch.Tensor, draw: NoiseDraw | None) -> torch.Tensor:
+    if draw is None:
+        return x
+    return x + (draw.noise * draw.scale.view(-1, 1, 1, 1)).to(device=x.device, dtype=x.dtype)
+
+
 def add_noise(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise (std, mean per cfg) added to a random ``noise_p`` fraction of samples."""
-    if cfg.noise_std == 0 and cfg.noise_mean == 0:
-        return x
-    n = x.shape[0]
-    dev = generator.device
-    apply = (torch.rand(n, generator=generator, device=dev) < cfg.noise_p).to(x.dtype)
-    noise = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
-    noise = noise * cfg.noise_std + cfg.noise_mean
-    return x + noise * apply.view(n, 1, 1, 1).to(x.device)
+    return apply_noise(x, draw_noise(tuple(x.shape), cfg, generator, x.dtype))
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -108,3 +128,51 @@ def augment(x: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Gen
     params = sample_crop_params(x.shape[0], cfg, generator)
     out = crop_resize(x, params, size)
     return add_noise(out, cfg, generator)
+
+
+# Views per block of the synthetic side's random draws (see ViewAugmenter).
+VIEW_BLOCK = 64
+_MASK63 = (1 << 63) - 1
+
+
+def block_seed(step_seed: int, block: int) -> int:
+    """A seed per (step, block of views): splitmix64-style mixing, so neighbouring blocks are unrelated."""
+    z = (step_seed + (block + 1) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    return (z ^ (z >> 31)) & _MASK63
+
+
+class ViewAugmenter:
+    """Augmented views of the synthetic set for one step, any slice of them on demand.
+
+    View v shows image v mod N (the N images tiled A times). Its random draws
+    come from a generator seeded by (step seed, v // VIEW_BLOCK), never from a
+    running stream, so a slice of views (a memory chunk, one process's shard)
+    gets exactly the draws it gets inside the whole batch: chunked and
+    distributed steps equal the plain one.
+    """
+
+    def __init__(self, cfg: AugmentConfig, size: int, device: torch.device) -> None:
+        self.cfg, self.size = cfg, size
+        self.generator = torch.Generator(device=device)
+
+    def views(self, images: torch.Tensor, start: int, stop: int, step_seed: int) -> torch.Tensor:
+        n, c = images.shape[0], images.shape[1]
+        ids = torch.arange(start, stop, device=images.device) % n
+        x = images[ids]
+        if self.cfg.kind == "none":
+            return resize(x, self.size)
+        first, last = start // VIEW_BLOCK, (stop - 1) // VIEW_BLOCK
+        crops, noises = [], []
+        for block in range(first, last + 1):
+            self.generator.manual_seed(block_seed(step_seed, block))
+            crops.append(sample_crop_params(VIEW_BLOCK, self.cfg, self.generator))
+            noises.append(draw_noise((VIEW_BLOCK, c, self.size, self.size), self.cfg, self.generator))
+        cut = slice(start - first * VIEW_BLOCK, stop - first * VIEW_BLOCK)
+        params = CropParams(**{f: torch.cat([getattr(p, f) for p in crops])[cut] for f in ("x0", "y0", "w", "h",
+                                                                                            "flip")})
+        out = crop_resize(x, params, self.size)
+        if noises[0] is None:
+            return out
+        return apply_noise(out, NoiseDraw(torch.cat([d.scale for d in noises]), torch.cat([d.noise for d in noises]))[cut])

@@ -75,6 +75,8 @@ class DistillConfig:
     """Backbone input statistics: its own (native), or ImageNet's for every backbone (the authors' code)."""
     grad_checkpointing: bool = False
     """Recompute backbone activations in the backward pass: less memory, more compute, same result."""
+    chunk: int = 0
+    """Synthetic views with activations in flight (0 = all at once); the step stays exact, memory is bounded."""
     amp: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
     device: str = "auto"
@@ -101,7 +103,7 @@ class DistillConfig:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.grow_every < 0:
             problems.append(f"--grow-every must be >= 0 (0 = auto), got {self.grow_every}")
-        for key in ("real_batch", "cache_per_class"):
+        for key in ("real_batch", "cache_per_class", "chunk"):
             if getattr(self, key) < 0:
                 problems.append(f"--{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
         if self.noise_std < 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lgm.artifacts import DistilledSet, atomic_save_tensors, load_tensors
-from lgm.augment import AugmentConfig, augment
+from lgm.augment import AugmentConfig, ViewAugmenter
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_indices
@@ -30,7 +30,7 @@ from lgm.rundir import Checkpoint, RunDir, StopSignals
 from lgm.synthetic import SyntheticImages, make_synthetic
 from lgm.version import __version__
 
-GENERATOR_NAMES = ("init", "head", "aug", "real")
+GENERATOR_NAMES = ("init", "head", "aug", "real", "views")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,20 +52,23 @@ def autocast_context(cfg: DistillConfig, device: torch.device):
 class Generators:
     """Every source of randomness of a run, each an explicit torch.Generator.
 
-    ``real`` indexes host memory and lives on the CPU; the others draw on the
-    compute device so that noise and crops never cross the bus.
+    ``real`` indexes host memory and ``views`` draws one seed per step for the
+    synthetic views (see ``ViewAugmenter``), both on the CPU so that reading
+    them never waits for the device; the others draw on the compute device so
+    that noise and crops never cross the bus.
     """
 
     init: torch.Generator
     head: torch.Generator
     aug: torch.Generator
     real: torch.Generator
+    views: torch.Generator
 
     @classmethod
     def from_seed(cls, seed: int, device: torch.device) -> "Generators":
         gens = {}
         for i, name in enumerate(GENERATOR_NAMES):
-            g = torch.Generator(device="cpu" if name == "real" else device)
+            g = torch.Generator(device="cpu" if name in ("real", "views") else device)
             g.manual_seed((seed << 8) | i)
             gens[name] = g
         return cls(**gens)
@@ -74,6 +77,10 @@ class Generators:
         return {name: getattr(self, name).get_state() for name in GENERATOR_NAMES}
 
     def load_state_tensors(self, states: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in GENERATOR_NAMES if n not in states]
+        if missing:
+            raise LgmError(f"the checkpoint lacks generator state(s) {', '.join(missing)} (written by an older lgm); "
+                           "start a new run directory")
         for name in GENERATOR_NAMES:
             getattr(self, name).set_state(states[name].cpu())
 
@@ -101,7 +108,7 @@ def distill_step(
     optimizer: torch.optim.Optimizer,
     gens: Generators,
     cfg: DistillConfig,
-    aug_cfg: AugmentConfig,
+    views: ViewAugmenter,
     autocast,
 ) -> torch.Tensor:
     """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync)."""
@@ -112,17 +119,47 @@ def distill_step(
     # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
     g_real = real.gradient(w, b, real_batch_size(cfg, num_classes), gens.real, gens.aug)
 
-    # 3. Synthetic side: render, A independently augmented copies, features with autograd.
-    x_syn = syn.render().repeat(cfg.augs, 1, 1, 1)
-    with autocast:
-        z_syn = backbone.features(augment(x_syn, cfg.crop, aug_cfg, gens.aug))
-    g_syn = head_gradient(z_syn.float(), syn_labels.repeat(cfg.augs), w, b)
-
-    # 4. Cosine distance between the two head gradients; backprop to the image parameters.
-    loss = meta_loss(g_real, g_syn)
+    # 3-4. Synthetic side: render, A independently augmented views of every image, features with autograd,
+    #      cosine distance between the two head gradients, backprop to the image parameters.
+    step_seed = int(torch.randint(0, 2**62, (1,), generator=gens.views))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views, step_seed,
+                              cfg.chunk, autocast)
     optimizer.step()
+    return loss
+
+
+def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone: Backbone, g_real: torch.Tensor,
+                       w: torch.Tensor, b: torch.Tensor, views: ViewAugmenter, step_seed: int, chunk: int,
+                       autocast) -> torch.Tensor:
+    """Meta loss of the synthetic views; its gradient is accumulated into the synthetic parameters.
+
+    With ``chunk`` smaller than the number of views the gradient is still exact:
+    a first pass takes every view's features without a graph; the meta loss
+    depends on the views only through those features, so its gradient w.r.t.
+    them (cheap, closed-form head) is formed once; then each chunk is re-run
+    with a graph and backpropagated with its slice of that gradient. At most
+    ``chunk`` views hold activations at any time.
+    """
+    m = view_labels.shape[0]
+    if chunk <= 0 or chunk >= m:
+        with autocast:
+            z = backbone.features(views.views(syn.render(), 0, m, step_seed))
+        loss = meta_loss(g_real, head_gradient(z.to(w.dtype), view_labels, w, b))
+        loss.backward()
+        return loss.detach()
+    bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
+    with torch.no_grad():
+        images = syn.render()
+        with autocast:
+            z = torch.cat([backbone.features(views.views(images, s, e, step_seed)).to(w.dtype) for s, e in bounds])
+    z.requires_grad_(True)
+    loss = meta_loss(g_real, head_gradient(z, view_labels, w, b))
+    (dz,) = torch.autograd.grad(loss, z)
+    for s, e in bounds:
+        with autocast:
+            z_chunk = backbone.features(views.views(syn.render(), s, e, step_seed))
+        z_chunk.to(w.dtype).backward(dz[s:e])
     return loss.detach()
 
 
@@ -228,7 +265,7 @@ def distill(
 
     autocast = autocast_context(cfg, device)
     real = build_real_side(cfg, ds, bb, device, autocast, run)
-    aug_cfg = _aug_config(cfg)
+    views = ViewAugmenter(_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
     pending: list[tuple[int, torch.Tensor, int]] = []
     good_step = start
@@ -266,7 +303,15 @@ def distill(
                 t0 = time.perf_counter()
                 if syn.grow_to(step, gens.init):
                     optimizer = regrow_optimizer(optimizer, syn, cfg)
-                loss = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg, aug_cfg, autocast)
+                try:
+                    loss = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg, views,
+                                        autocast)
+                except torch.OutOfMemoryError:
+                    in_flight = cfg.chunk or cfg.augs * len(syn_labels)
+                    raise LgmError(
+                        f"out of memory with {in_flight} synthetic views in flight; re-run the same command with "
+                        f"--chunk {max(1, in_flight // 2)} (the step stays exact; the run resumes from step "
+                        f"{good_step})") from None
                 elapsed += time.perf_counter() - t0
                 pending.append((step, loss, syn.levels))
                 bar.update(1)
