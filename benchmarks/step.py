@@ -1,0 +1,143 @@
+"""Distillation step benchmark: time, throughput, memory and FLOP efficiency of one LGM step.
+
+    .venv/bin/python benchmarks/step.py --backbone effnet_lite0 --classes 10 --augs 4 --res 64 --crop 64
+    python benchmarks/step.py --backbone dinov2_vitb14 --random-init --classes 100 --augs 10 \\
+        --res 256 --crop 224 --real cached --device cuda          # the ImageNet-100 setting
+
+Prints the median step time after warm-up, backbone images/s (synthetic
+views forward + backward, plus live real views), peak memory, FLOPs per step
+(torch.utils.flop_counter) and the achieved FLOP/s as a fraction of a large
+matmul measured in the same run. Real images are random tensors (the loader
+has its own benchmark, benchmarks/loader.py); with --real cached the real side
+is a random feature cache, as in a run with a feature cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="effnet_lite0")
+    ap.add_argument("--random-init", action="store_true")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--ipc", type=int, default=1)
+    ap.add_argument("--augs", type=int, default=4)
+    ap.add_argument("--res", type=int, default=64)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=0)
+    ap.add_argument("--real", choices=("live", "cached"), default="cached")
+    ap.add_argument("--real-batch", type=int, default=0, help="0 = ipc*augs*classes")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lgm.augment import AugmentConfig, ViewAugmenter
+    from lgm.backbones import load_backbone
+    from lgm.config import DistillConfig
+    from lgm.data import ImageSplit
+    from lgm.distillation import Generators, autocast_context, distill_step, make_optimizer, resolve_device
+    from lgm.features import CachedReal, LiveReal
+    from lgm.synthetic import make_synthetic
+
+    device = resolve_device(args.device)
+    cfg = DistillConfig(dataset="bench", backbone=args.backbone, ipc=args.ipc, augs=args.augs, res=args.res,
+                        crop=args.crop, chunk=args.chunk, real_features=args.real, real_batch=args.real_batch,
+                        amp=args.amp, device=str(device), random_init=args.random_init).resolved()
+    bb = load_backbone(args.backbone, device, random_init=args.random_init)
+    if device.type == "cuda":
+        bb = bb.to(memory_format=torch.channels_last)
+    if args.compile:
+        bb.model = torch.compile(bb.model)
+    n = args.classes * args.ipc
+    n_real = cfg.real_batch or n * args.augs
+    gens = Generators.from_seed(0, device)
+    syn = make_synthetic("pyramid", n, args.res, True, gens.init, cfg.grow_every).to(device)
+    syn.grow_to(10**9, gens.init)  # full pyramid: the most expensive render
+    labels = torch.arange(args.classes, device=device).repeat_interleave(args.ipc)
+    opt = make_optimizer(list(syn.parameters()), cfg.lr)
+    autocast = autocast_context(cfg, device)
+    g = torch.Generator().manual_seed(0)
+    if args.real == "cached":
+        feats = torch.randn(max(4 * n_real, 10_000), bb.feature_dim, generator=g).half()
+        real = CachedReal(feats, torch.randint(0, args.classes, (feats.shape[0],), generator=g), device)
+    else:
+        imgs = torch.randint(0, 256, (max(n_real, 64), 3, args.res, args.res), generator=g, dtype=torch.uint8)
+        split = ImageSplit(imgs, torch.randint(0, args.classes, (imgs.shape[0],), generator=g))
+        real = LiveReal(split, args.res, args.crop, AugmentConfig(), bb, device, autocast)
+    views = ViewAugmenter(AugmentConfig(), args.crop, device)
+
+    def step():
+        return distill_step(syn, labels, args.classes, bb, real, opt, gens, cfg, views, autocast)
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        float(loss)  # one host sync per step, only here, to time it
+        times.append(time.perf_counter() - t0)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    median = statistics.median(times)
+    dtype = torch.bfloat16 if (device.type == "cuda" and args.amp != "off") else torch.float32
+    peak_rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 1024)
+    images = n * args.augs + (n_real if args.real == "live" else 0)
+    if device.type == "cuda":
+        peak_mem, mem_kind = torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
+    else:
+        import resource
+
+        peak_mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device            {name}")
+    print(f"setting           {args.backbone}{' (random init)' if args.random_init else ''}, C={args.classes}, "
+          f"ipc={args.ipc}, A={args.augs}, res={args.res}, crop={args.crop}, chunk={args.chunk or 'all'}, "
+          f"real={args.real} ({n_real} per step), amp={'bf16' if dtype == torch.bfloat16 else 'off'}")
+    print(f"step time         {median:.4f} s median of {args.steps} (min {min(times):.4f}, max {max(times):.4f})")
+    print(f"backbone images/s {images / median:.1f} ({images} per step)")
+    print(f"peak memory       {peak_mem:.2f} GiB ({mem_kind})")
+    print(f"FLOPs per step    {flops / 1e12:.3f} TFLOP")
+    print(f"achieved          {flops / median / 1e12:.2f} TFLOP/s = {flops / median / peak_rate:.1%} of the "
+          f"measured {dtype} matmul rate ({peak_rate / 1e12:.2f} TFLOP/s)")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
