@@ -49,6 +49,9 @@ def test_run_directory_contents(fashion_root, tmp_path):
     for key in ("backbone", "dataset", "config_hash", "lgm_version", "random_init"):
         assert key in loaded.meta
     assert loaded.meta["random_init"] is True  # toy backbone: never pretrained
+    # Artifacts are meant to be shared: readable by everyone, whatever the writer library does.
+    for name in ("checkpoint.safetensors", "distilled.safetensors", "distilled.json", "grid.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_finished_run_is_not_redone(fashion_root, tmp_path, capsys):

@@ -28,6 +28,8 @@ def _atomic_target(path: Path):
 def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    # Again here: some writers (safetensors) recreate the file with mode 0600.
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
