@@ -268,3 +268,14 @@ def test_missing_weights_file_is_explained():
 
 
 import lgm.data.idx  # noqa: E402  (monkeypatched above)
+
+
+def test_init_from_real_starts_at_real_images(fashion_root, tmp_path):
+    from lgm.data import load_dataset
+
+    result = run_tiny(fashion_root, tmp_path / "run", steps=1, init="real", lr=1e-12)
+    idx = torch.tensor(result.meta["init_indices"])
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    assert ds.train.labels[idx].tolist() == list(range(10))
+    # One step at a negligible learning rate: the images are still those real ones.
+    torch.testing.assert_close(result.images, ds.train.load(idx, 16).expand(-1, 3, -1, -1), atol=2e-3, rtol=0)

@@ -334,3 +334,19 @@ def test_make_synthetic():
     assert isinstance(pix, Pixels) and pix.pixels.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError):
         make_synthetic("fourier", 2, 8, False, _gen(0), grow_every=3)
+
+
+@pytest.mark.parametrize("kind", ["pyramid", "pixels"])
+@pytest.mark.parametrize("decorrelate", [True, False])
+def test_init_from_images_renders_those_images(kind, decorrelate):
+    from lgm.synthetic import make_synthetic
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 16, 16, generator=g) * 0.9 + 0.05  # greyscale, away from the clamp
+    syn = make_synthetic(kind, 4, 16, decorrelate, g, grow_every=5)
+    syn.init_from_images(images)
+    torch.testing.assert_close(syn.render(), images.expand(-1, 3, -1, -1), atol=1e-4, rtol=0)
+    assert not syn.grow_to(10**6, g), "an image-initialized set has all its levels already"
+    if kind == "pyramid":
+        # Coarse levels carry the coarse content: the 1x1 level is the mean pre-activation per image.
+        assert syn.pyramid[0].shape[-1] == 1 and syn.pyramid[0].abs().sum() > 0

@@ -35,6 +35,8 @@ class DistillConfig:
     """Adam learning rate (betas 0.9/0.999, no weight decay, constant)."""
     param: Literal["pyramid", "pixels"] = "pyramid"
     """Image parameterization: multi-scale pyramid (default) or raw pixels (ablation)."""
+    init: Literal["noise", "real"] = "noise"
+    """Start from noise (paper) or from ipc random real training images per class (ours; recorded in the artifact)."""
     decorrelate: bool = True
     """Optimize in a decorrelated color space (--no-decorrelate for the ablation)."""
     aug: Literal["standard", "none"] = "standard"

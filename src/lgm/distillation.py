@@ -191,6 +191,15 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
     return CachedReal(feats, labels, device)
 
 
+def init_from_real(syn: SyntheticImages, ds: ImageDataset, cfg: DistillConfig, device: torch.device) -> list[int]:
+    """Start from ipc seeded random training images per class (class-major); returns their indices."""
+    from lgm.baselines import random_indices
+
+    idx = random_indices(ds.train.labels.cpu(), cfg.ipc, seed=(cfg.seed << 8) | 6)
+    syn.init_from_images(ds.train.load(idx, cfg.res, device))
+    return idx.tolist()
+
+
 def _aug_config(cfg: DistillConfig) -> AugmentConfig:
     return AugmentConfig(kind=cfg.aug, clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean)
 
@@ -250,6 +259,7 @@ def distill(
     syn = make_synthetic(cfg.param, ds.num_classes * cfg.ipc, cfg.res, cfg.decorrelate, gens.init,
                          cfg.grow_every).to(device)
     syn_labels = torch.arange(ds.num_classes, device=device).repeat_interleave(cfg.ipc)
+    init_indices = init_from_real(syn, ds, cfg, device) if cfg.init == "real" else None
     optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
     start, elapsed = 0, 0.0
     if run is not None and run.has_checkpoint():
@@ -346,6 +356,7 @@ def distill(
             "config_hash": cfg.hash(),
             "lgm_version": __version__,
             "steps_done": cfg.steps,
+            "init_indices": init_indices,
             "seconds": round(elapsed, 3),
         },
     )

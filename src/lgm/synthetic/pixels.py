@@ -19,6 +19,10 @@ class Pixels(SyntheticImages):
     def raw(self) -> torch.Tensor:
         return self.pixels
 
+    def init_from_images(self, images: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.pixels.copy_(self.target_raw(images))
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"pixels": self.pixels.detach()}
 

@@ -64,6 +64,20 @@ class Pyramid(SyntheticImages):
     def levels(self) -> int:
         return len(self.pyramid)
 
+    def init_from_images(self, images: torch.Tensor) -> None:
+        """All levels at once (no growth left): each level holds the detail of its scale (a Laplacian-style
+        decomposition under bilinear upsampling), so the sum renders exactly ``images``."""
+        target = self.target_raw(images)
+        size = (self.resolution, self.resolution)
+        levels, approx = [], torch.zeros_like(target)
+        for i in range(self.max_levels):
+            side = 2**i
+            coarse = F.adaptive_avg_pool2d(target - approx, side) if side < self.resolution else target - approx
+            levels.append(coarse)
+            approx = approx + (coarse if side == self.resolution else
+                               F.interpolate(coarse, size=size, mode="bilinear", align_corners=False))
+        self.pyramid = nn.ParameterList([nn.Parameter(level.contiguous()) for level in levels])
+
     def level_sides(self) -> list[int]:
         return [2**i for i in range(self.levels)]
 
