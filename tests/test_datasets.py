@@ -454,3 +454,18 @@ def test_distillation_reads_a_file_backed_dataset(tmp_path):
     result = distill(ds, "toy_cnn", steps=2, augs=2, res=16, crop=14, device="cpu", progress=False,
                      checkpoint_every=5)
     assert result.images.shape == (2, 3, 16, 16) and result.class_names == ["x", "y"]
+
+
+def test_distill_on_bad_image_fails_naming_the_file_or_skips_it(tmp_path):
+    from lgm.distillation import distill
+    from lgm.errors import LgmError
+
+    write_image_folder(tmp_path / "d" / "train", ["x", "y"], 4, ".png")
+    write_image_folder(tmp_path / "d" / "test", ["x", "y"], 1, ".png")
+    (tmp_path / "d" / "train" / "y" / "broken.png").write_bytes(b"not an image")
+    kw = dict(steps=1, augs=2, res=16, crop=14, device="cpu", progress=False, checkpoint_every=5)
+    name = f"folder:{tmp_path / 'd'}"
+    with pytest.raises(LgmError, match="broken.png"):
+        distill(name, "toy_cnn", **kw)
+    result = distill(name, "toy_cnn", on_bad_image="skip", **kw)
+    assert result.class_names == ["x", "y"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,8 @@ class BaselineConfig:
     data_root: str | None = None
     cache_dir: str | None = None
     cache: bool = True
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or skip them with a warning."""
 
 
 def _log(msg: str) -> None:
@@ -96,7 +99,7 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     if cfg.ipc <= 0 or cfg.random_seeds < 0:
         raise LgmError("--ipc must be positive and --random-seeds >= 0")
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, cfg.data_root)
+    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)
     distilled = DistilledSet.load(cfg.distilled) if cfg.distilled else None
     stored = distilled.meta.get("config", {}) if distilled else {}
     res = cfg.res or int(stored.get("res", 256))

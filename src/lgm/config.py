@@ -69,6 +69,8 @@ class DistillConfig:
     """Augmented views per training image in the feature cache (--real-features cached)."""
     cache_per_class: int = 0
     """Training images per class in the feature cache (0 = all; a seeded stratified subset otherwise)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or leave them out with a warning listing them."""
     random_init: bool = False
     """Use a randomly initialized backbone (tests/benchmarks only; recorded in every artifact)."""
     weights: str | None = None

@@ -243,7 +243,7 @@ def distill(
             _log(f"{run.path} already holds a finished run ({cfg.steps} steps); nothing to do")
             return DistilledSet.load(run.path)
 
-    ds = load_dataset(cfg.dataset, cfg.data_root) if isinstance(dataset, str) else dataset
+    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image) if isinstance(dataset, str) else dataset
     bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
                         grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
           else backbone.to(device))

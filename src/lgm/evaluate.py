@@ -161,6 +161,8 @@ class EvalConfig:
     """Where test/validation features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
     cache: bool = True
     """Store and reuse test/validation features on disk (--no-cache recomputes)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files in the dataset: stop naming them, or skip them with a warning."""
     random_init: bool = False
     """Randomly initialized backbones (tests and speed checks; marked in every result)."""
 
@@ -198,7 +200,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
     ds_name = cfg.dataset or artifact.meta.get("dataset")
     if not ds_name:
         raise LgmError(f"{where} does not record its dataset; pass --dataset")
-    ds = load_dataset(ds_name, cfg.data_root)
+    ds = load_dataset(ds_name, cfg.data_root, cfg.on_bad_image)
     check_artifact(artifact, ds, where)
     res, crop = artifact_geometry(artifact, cfg)
     images = torch.nn.functional.interpolate(artifact.images, size=(res, res), mode="bilinear",
@@ -227,7 +229,7 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
     from lgm.distillation import resolve_device
 
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset or ref["dataset"], cfg.data_root)
+    ds = load_dataset(cfg.dataset or ref["dataset"], cfg.data_root, cfg.on_bad_image)
     stored = ref.get("config", {})
     res, crop = cfg.res or int(stored.get("res", 256)), cfg.crop or int(stored.get("crop", 224))
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
