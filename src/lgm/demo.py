@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from lgm.evaluate import FULL_PROBE, EvalContext, summary
 from lgm.probe import ProbeConfig, split_features, topk, train_probes
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
-                    lr=1e-2, res=64, crop=64, real_features="cached", real_batch=4000, cache_per_class=1000,
+                    lr=1e-2, res=64, crop=64, real_features="cached", real_gradient="full", cache_per_class=1000,
                     cache_views=2)
 
 
@@ -44,8 +45,10 @@ class DemoConfig:
     """Synthetic resolution (Fashion-MNIST's 28 px images are upsampled to it)."""
     crop: int = DEMO_DISTILL["crop"]
     """Crop fed to the backbone (training views and test center crop)."""
-    real_batch: int = DEMO_DISTILL["real_batch"]
-    """Cached real views per step (a large batch: see the README on real-gradient noise)."""
+    real_gradient: Literal["batch", "full"] = DEMO_DISTILL["real_gradient"]
+    """full: the exact gradient over the whole feature cache each step; batch: a sampled --real-batch."""
+    real_batch: int = 0
+    """Cached real views per step with --real-gradient batch (0 = ipc*augs*classes)."""
     cache_per_class: int = DEMO_DISTILL["cache_per_class"]
     """Training images per class in the real-feature cache."""
     cache_views: int = DEMO_DISTILL["cache_views"]
