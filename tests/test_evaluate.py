@@ -37,7 +37,28 @@ def test_eval_cli_writes_eval_json(fashion_root, tmp_path, monkeypatch, capsys):
     r = stored["toy_cnn/spec"]
     assert len(r["top1"]["values"]) == 2 and 0.0 <= r["top1"]["mean"] <= 1.0
     assert r["protocol"]["selection"].startswith("early stopping on 30 validation images")
-    assert len(list((cache / "features").glob("*.safetensors"))) == 2  # test + validation features
+    # test + validation features, and one augmented-view pool per repeat
+    assert len(list((cache / "features").glob("*.safetensors"))) == 4
+
+
+def test_interrupted_evaluation_resumes_from_stored_view_features(fashion_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    ds = load_dataset("fashion-mnist")
+    bb = load_backbone("toy_cnn")
+    art = band_artifact(ds)
+    store = FeatureStore(tmp_path)
+    first = EvalContext.build(ds, bb, 16, 14, torch.device("cpu"), FAST_PROBE, val_per_class=3, store=store)
+    scores = first.score_images(art.images, art.labels, [0, 1])
+
+    calls = []
+    real_features = bb.features
+    monkeypatch.setattr(bb, "features", lambda x: calls.append(x.shape[0]) or real_features(x))
+    again = EvalContext.build(ds, bb, 16, 14, torch.device("cpu"), FAST_PROBE, val_per_class=3, store=store)
+    assert again.score_images(art.images, art.labels, [0, 1]) == scores
+    assert calls == [art.images.shape[0]], "only the 1-NN center views may be recomputed"
+    # Other images, or another seed, are new entries.
+    again.score_images(art.images.flip(-1), art.labels, [2])
+    assert sum(calls) > 2 * art.images.shape[0]
 
 
 def test_eval_refuses_an_artifact_of_another_dataset(fashion_root, tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ image set (distilled, a baseline selection) is then scored the same way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ class EvalContext:
     test_groups: torch.Tensor | None = None
     """Group of every test image (Waterbirds, Spawrious): adds per-group and worst-group top-1."""
     group_names: list[str] | None = None
+    store: FeatureStore | None = None
+    """Where the augmented-view pools of scored image sets are kept (an interrupted evaluation resumes)."""
 
     @classmethod
     def build(cls, ds: ImageDataset, backbone: Backbone, res: int, crop: int, device: torch.device,
@@ -88,7 +91,7 @@ class EvalContext:
                    test_features=test, test_labels=ds.test.labels.cpu(), val_features=val,
                    val_labels=val_labels.cpu(), train_index=train_index, device=device, probe=probe,
                    test_groups=None if ds.test.groups is None else ds.test.groups.cpu(),
-                   group_names=ds.meta.get("group_names"))
+                   group_names=ds.meta.get("group_names"), store=store)
 
     def protocol(self) -> dict:
         return dataclasses.asdict(self.probe) | {
@@ -100,11 +103,7 @@ class EvalContext:
 
     def score_images(self, images: torch.Tensor, labels: torch.Tensor, seeds: list[int]) -> dict:
         """Probe top-1/top-5 for each seed (augmented views drawn per seed) and 1-NN on center views."""
-        pools = []
-        for seed in seeds:
-            g = torch.Generator(device=self.device).manual_seed(seed)
-            pools.append(view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
-                                       self.device))
+        pools = [self.view_pool(images, seed) for seed in seeds]
         # All repeats train together as one batched model (each with its own views and batch order).
         res = train_probes(torch.stack(pools), labels, self.num_classes, self.probe, seeds,
                            val=(self.val_features, self.val_labels))
@@ -122,6 +121,24 @@ class EvalContext:
         if per_group:
             out |= self.group_summary(per_group)
         return out
+
+    def view_pool(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """The probe's views x N x f pool of augmented-view features for one seed, via the feature store."""
+        def compute() -> torch.Tensor:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            return view_features(self.backbone, images, self.probe.views, self.crop, self.probe.augmentation, g,
+                                 self.device)
+
+        if self.store is None:
+            return compute()
+        data = images.detach().float().contiguous().cpu()
+        key = backbone_identity(self.backbone) | {
+            "kind": "probe-views", "images": hashlib.sha256(data.numpy().tobytes()).hexdigest()[:24],
+            "shape": list(data.shape), "views": self.probe.views, "crop": self.crop, "seed": seed,
+            "augmentation": dataclasses.asdict(self.probe.augmentation),
+            # augmentation draws come from a generator on this device: CPU and CUDA draws differ
+            "device": self.device.type}
+        return self.store.get(key, compute)
 
     def group_summary(self, per_group: list[dict[int, float]]) -> dict:
         """Per-group top-1 (mean over repeats) and the worst group's, as reported for spurious-correlation sets."""

@@ -63,9 +63,10 @@ class FeatureStore:
         return self.root / f"{key_hash(key)}.safetensors"
 
     def get(self, key: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = {**key, "feature_version": FEATURE_VERSION}
+        # As stored (JSON): tuples become lists, so the comparison on read is like for like.
+        key = json.loads(json.dumps({**key, "feature_version": FEATURE_VERSION}, sort_keys=True))
         if not self.enabled:
-            return compute()
+            return _finite(compute(), key)
         path = self.path(key)
         if path.is_file():
             from safetensors import safe_open
@@ -77,8 +78,12 @@ class FeatureStore:
                         return f.get_tensor("features")
             except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
                 pass
-        feats = compute()
-        if not torch.isfinite(feats).all():
-            raise LgmError(f"the backbone produced NaN or infinite features for {key}; nothing was cached")
+        feats = _finite(compute(), key)
         atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
         return feats
+
+
+def _finite(feats: torch.Tensor, key: dict[str, Any]) -> torch.Tensor:
+    if not torch.isfinite(feats).all():
+        raise LgmError(f"the backbone produced NaN or infinite features for {key}; nothing was cached")
+    return feats
