@@ -20,9 +20,10 @@ from lgm.backbones import Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, load_dataset, stratified_indices
 from lgm.distillation import distill, resolve_device
-from lgm.baselines import centroid_indices, random_indices
-from lgm.evaluate import FULL_PROBE, EvalContext, summary
-from lgm.probe import ProbeConfig, split_features, topk, train_probes
+from lgm.baselines import centroid_indices, neighbor_indices, random_indices
+from lgm.evaluate import FULL_PROBE, EvalContext, stored_split_features, summary
+from lgm.feature_store import FeatureStore
+from lgm.probe import ProbeConfig, center_crop, topk, train_probes
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
                     lr=1e-2, res=64, crop=64, real_features="cached", real_gradient="full", cache_per_class=1000,
@@ -57,6 +58,8 @@ class DemoConfig:
     """Seed of the distillation."""
     repeats: int = 5
     """Probe repeats for the distilled set (probe seeds) and for random real selections (selection seeds)."""
+    val_per_class: int = 100
+    """Training images per class held out for the probes' early stopping (never the test split)."""
     probe_views: int = 100
     """Augmented views per image when probing a 1-image-per-class set."""
     full_train: int = 0
@@ -74,7 +77,11 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
     """Distilled vs centroids vs random real (several seeds) vs the full training set, one probe protocol."""
     res, crop = cfg.res, cfg.crop
     t0 = time.perf_counter()
-    ctx = EvalContext.build(ds, backbone, res, crop, device, ProbeConfig(views=cfg.probe_views))
+    # Test, validation, training and view features go to the feature store ($LGM_CACHE_DIR or ~/.cache/lgm):
+    # re-running the demo on a finished run re-evaluates in a fraction of the time.
+    store = FeatureStore()
+    ctx = EvalContext.build(ds, backbone, res, crop, device, ProbeConfig(views=cfg.probe_views),
+                            val_per_class=cfg.val_per_class, store=store)
     log(f"test and validation features in {time.perf_counter() - t0:.0f} s")
     seeds = list(range(cfg.repeats))
     ipc = distilled.images.shape[0] // ds.num_classes
@@ -88,15 +95,22 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
         random_nn1.append(scores["nn1"])
     log(f"random real: {[round(a * 100, 1) for a in random_top1]}")
 
-    train = ds.train.subset(ctx.train_index)
-    if cfg.full_train and cfg.full_train < len(train):
-        keep = stratified_indices(train.labels, cfg.full_train // ds.num_classes, torch.Generator().manual_seed(0))
-        train = train.subset(torch.sort(keep).values)
+    index = ctx.train_index
+    if cfg.full_train and cfg.full_train < len(index):
+        keep = stratified_indices(ds.train.labels[index], cfg.full_train // ds.num_classes,
+                                  torch.Generator().manual_seed(0))
+        index = index[torch.sort(keep).values]
+    train = ds.train.subset(index)
     t0 = time.perf_counter()
-    train_feats = split_features(backbone, train, res, crop, device)
+    train_feats = stored_split_features(ds, "train", index, backbone, res, crop, device, store)
     centroid_idx = centroid_indices(train_feats, train.labels, ds.num_classes)
     centroid_scores = ctx.score_images(train.load(centroid_idx, res), train.labels[centroid_idx], seeds)
     log(f"centroids: {[round(a * 100, 1) for a in centroid_scores['top1']['values']]}")
+    with torch.no_grad():
+        distilled_center = backbone.features(center_crop(distilled.images.to(device), crop)).float().cpu()
+    neighbor_idx = neighbor_indices(distilled_center, distilled.labels, train_feats, train.labels)
+    neighbor_scores = ctx.score_images(train.load(neighbor_idx, res), train.labels[neighbor_idx], seeds)
+    log(f"neighbors: {[round(a * 100, 1) for a in neighbor_scores['top1']['values']]}")
     full = train_probes(train_feats, train.labels, ds.num_classes, FULL_PROBE, [0],
                         val=(ctx.val_features, ctx.val_labels))
     full_acc = float(topk(full, ctx.test_features, ctx.test_labels, 1)[0])
@@ -104,6 +118,7 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
     return {
         "distilled": distilled_scores["top1"] | {"nn1": distilled_scores["nn1"], "top5": distilled_scores["top5"]},
         "centroids": centroid_scores["top1"] | {"nn1": centroid_scores["nn1"]},
+        "neighbors": neighbor_scores["top1"] | {"nn1": neighbor_scores["nn1"]},
         "random": summary(random_top1) | {"nn1": summary(random_nn1)},
         "full": {"mean": full_acc, "std": 0.0, "values": [full_acc], "train_images": len(train)},
         "test_images": len(ds.test),
@@ -114,14 +129,19 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
 
 
 def format_table(results: dict) -> str:
-    rows = ["| set | images | top-1 (%) |", "|---|---|---|"]
+    rows = ["| set | images | top-1 (%) | of full | 1-NN (%) |", "|---|---|---|---|---|"]
     n = results.get("num_classes", "")
+    full = results["full"]["mean"]
     for key, label, images in (("distilled", "distilled (LGM)", f"{n}"), ("centroids", "centroids (real)", f"{n}"),
-                               ("random", "random real", f"{n}"),
+                               ("neighbors", "neighbors (real)", f"{n}"), ("random", "random real", f"{n}"),
                                ("full", "full training set", str(results["full"]["train_images"]))):
+        if key not in results:
+            continue
         r = results[key]
         spread = f" ± {r['std'] * 100:.1f}" if len(r["values"]) > 1 else ""
-        rows.append(f"| {label} | {images} | {r['mean'] * 100:.1f}{spread} |")
+        nn1 = r.get("nn1")
+        nn1 = "" if nn1 is None else f"{(nn1['mean'] if isinstance(nn1, dict) else nn1) * 100:.1f}"
+        rows.append(f"| {label} | {images} | {r['mean'] * 100:.1f}{spread} | {r['mean'] / full:.0%} | {nn1} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,37 @@
+"""The demo's comparison (distilled vs centroids vs neighbors vs random vs full) on the toy backbone."""
+
+import torch
+
+from lgm.artifacts import DistilledSet
+from lgm.backbones import load_backbone
+from lgm.data import load_dataset
+from lgm.demo import DemoConfig, compare_with_real, format_table
+from lgm.evaluate import validation_split
+
+
+def test_compare_with_real_scores_every_set_under_one_protocol(fashion_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
+    ds = load_dataset("fashion-mnist")
+    bb = load_backbone("toy_cnn")
+    cfg = DemoConfig(res=16, crop=14, repeats=2, probe_views=3, val_per_class=4, progress=False)
+    # A "distilled" set made of real training images outside the validation split: the neighbors
+    # baseline must pick exactly these images back, so it must score exactly like them.
+    train_index, _ = validation_split(ds.train.labels, cfg.val_per_class)
+    picks = torch.stack([train_index[ds.train.labels[train_index] == c][3] for c in range(ds.num_classes)])
+    distilled = DistilledSet(ds.train.load(picks, cfg.res), ds.train.labels[picks], list(ds.class_names), {})
+
+    results = compare_with_real(distilled, ds, bb, cfg, torch.device("cpu"), log=lambda m: None)
+    assert results["neighbors"]["values"] == results["distilled"]["values"]
+    assert results["neighbors"]["nn1"] == results["distilled"]["nn1"]
+    for key in ("distilled", "centroids", "neighbors", "random"):
+        assert len(results[key]["values"]) == cfg.repeats
+        assert all(0.0 <= v <= 1.0 for v in results[key]["values"])
+    assert results["full"]["train_images"] == len(train_index)
+
+    table = format_table(results | {"num_classes": ds.num_classes}).splitlines()
+    assert len(table) == 2 + 5
+    share = results["distilled"]["mean"] / results["full"]["mean"]
+    assert f"| {share:.0%} |" in table[2]
+    # The second evaluation reads every feature back from the store and gives the same numbers.
+    assert compare_with_real(distilled, ds, bb, cfg, torch.device("cpu"), log=lambda m: None)["full"] == results["full"]
