@@ -12,6 +12,7 @@ from lgm.baselines import BaselineConfig
 from lgm.config import DistillConfig
 from lgm.demo import DemoConfig
 from lgm.evaluate import EvalConfig
+from lgm.real_cache import CacheFeaturesConfig
 from lgm.errors import LgmError
 
 
@@ -94,6 +95,10 @@ def _run(cmd) -> int:
         crossmodel_matrix(cmd.artifacts, cmd.config, Path(cmd.out),
                           log=lambda m: print(f"lgm crossmodel: {m}", file=sys.stderr, flush=True))
         print((Path(cmd.out) / "crossmodel.md").read_text())
+    elif isinstance(cmd, CacheFeaturesConfig):
+        from lgm.real_cache import run_cache_features
+
+        run_cache_features(cmd)
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = tyro.extras.subcommand_cli_from_dict(
         {
             "distill": DistillCommand,
+            "cache-features": CacheFeaturesConfig,
             "eval": EvalCommand,
             "baselines": BaselineConfig,
             "crossmodel": CrossModelCommand,

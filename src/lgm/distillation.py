@@ -14,10 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from lgm.artifacts import DistilledSet, atomic_save_tensors, load_tensors
+from lgm.artifacts import DistilledSet, atomic_save_tensors, atomic_write_json, load_tensors
 from lgm.augment import AugmentConfig, ViewAugmenter
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
@@ -169,11 +170,82 @@ def real_batch_size(cfg: DistillConfig, num_classes: int) -> int:
     return cfg.real_batch or cfg.ipc * cfg.augs * num_classes
 
 
-def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
-                    run: RunDir | None) -> LiveReal | CachedReal:
-    aug_cfg = _aug_config(cfg)
+@dataclass(frozen=True)
+class RealSideChoice:
+    """How a run gets its real gradients, as resolved from --real-features (recorded in real_side.json)."""
+
+    mode: Literal["live", "run-cache", "standalone"]
+    requested: str
+    cache_id: str | None = None
+    cache_path: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+REAL_SIDE_FILE = "real_side.json"
+
+
+def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
+    """The key a standalone cache must match for this run (its size fields aside: any views/selection do)."""
+    from lgm.real_cache import CacheFeaturesConfig, cache_key, select_indices
+
+    req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
+                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=cfg.aug, clamp_crop=cfg.clamp_crop,
+                              noise_std=cfg.noise_std, noise_mean=cfg.noise_mean, random_init=cfg.random_init,
+                              weights=cfg.weights, normalization=cfg.normalization)
+    return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
+
+
+def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
+    """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
+    from lgm.artifacts import read_json
+    from lgm.feature_store import cache_root
+    from lgm.real_cache import SIZE_FIELDS, RealFeatureCache, find_real_cache
+
+    recorded = run.path / REAL_SIDE_FILE if run is not None else None
+    if recorded is not None and recorded.is_file():
+        prev = RealSideChoice(**read_json(recorded))
+        if prev.mode != "standalone":
+            return prev, None
+        candidates = [p for p in (cfg.real_cache, prev.cache_path,
+                                  str(cache_root(cfg.cache_dir) / "real" / str(prev.cache_id))) if p]
+        for path in candidates:
+            if (Path(path) / "meta.json").is_file():
+                cache = RealFeatureCache.open(path, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
+                if cache.id != prev.cache_id:
+                    raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id}, but {path} "
+                                   f"holds {cache.id}; resume with --real-cache pointing at the original cache")
+                return prev, cache
+        raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} ({prev.cache_path}), "
+                       "which is gone; rebuild it with the same `lgm cache-features` command, or name it with "
+                       "--real-cache")
     if cfg.real_features == "live":
+        return RealSideChoice("live", "live"), None
+    cache = None
+    if cfg.real_cache is not None:
+        cache = RealFeatureCache.open(cfg.real_cache, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
+    else:
+        found = find_real_cache(cache_request(cfg, ds, bb), cfg.cache_dir)
+        if found is not None:
+            cache = RealFeatureCache.open(found)
+    if cache is not None:
+        return RealSideChoice("standalone", cfg.real_features, cache.id, str(cache.path.resolve())), cache
+    if cfg.real_features == "cached" or cfg.real_gradient == "full":
+        return RealSideChoice("run-cache", cfg.real_features), None
+    return RealSideChoice("live", cfg.real_features), None
+
+
+def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
+                    run: RunDir | None, choice: RealSideChoice | None = None,
+                    cache=None) -> LiveReal | CachedReal:
+    aug_cfg = _aug_config(cfg)
+    if choice is None:
+        choice, cache = resolve_real_side(cfg, ds, backbone, run)
+    if choice.mode == "live":
         return LiveReal(ds.train, cfg.res, cfg.crop, aug_cfg, backbone, device, autocast)
+    if choice.mode == "standalone":
+        return CachedReal(cache.features, cache.labels, device)
     cache_path = run.path / "real_features.safetensors" if run is not None else None
     if cache_path is not None and cache_path.is_file():
         tensors = load_tensors(cache_path)
@@ -247,8 +319,9 @@ def distill(
     bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
                         grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
           else backbone.to(device))
+    choice, cache = resolve_real_side(cfg, ds, bb, run)
     n_real = real_batch_size(cfg, ds.num_classes)
-    if cfg.real_features == "live" and n_real > len(ds.train):
+    if choice.mode == "live" and n_real > len(ds.train):
         how = "--real-batch" if cfg.real_batch else f"ipc*augs*classes = {cfg.ipc}*{cfg.augs}*{ds.num_classes}"
         raise LgmError(
             f"the real batch ({how} = {n_real}) is larger than the training set of {ds.name} "
@@ -274,7 +347,11 @@ def distill(
         run.open_metrics(keep_before=start)
 
     autocast = autocast_context(cfg, device)
-    real = build_real_side(cfg, ds, bb, device, autocast, run)
+    real = build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
+    if run is not None:
+        atomic_write_json(run.path / REAL_SIDE_FILE, choice.to_dict())
+    if choice.mode == "standalone":
+        _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
     views = ViewAugmenter(_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
     pending: list[tuple[int, torch.Tensor, int]] = []
@@ -357,6 +434,7 @@ def distill(
             "lgm_version": __version__,
             "steps_done": cfg.steps,
             "init_indices": init_indices,
+            "real_side": choice.to_dict(),
             "seconds": round(elapsed, 3),
         },
     )
