@@ -81,8 +81,14 @@ class ListDatasets:
 def _run(cmd) -> int:
     if isinstance(cmd, DistillCommand):
         from lgm.distillation import distill
+        from lgm.distributed import SINGLE, init_from_env, shutdown
 
-        distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+        shard = SINGLE
+        try:
+            shard, _ = init_from_env(cmd.config.device)  # torchrun: join the group (distill reuses it)
+            distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+        finally:
+            shutdown(shard)
     elif isinstance(cmd, EvalCommand):
         from lgm.evaluate import run_eval
 
