@@ -34,6 +34,11 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
+def fmt(x: float, unit: str) -> str:
+    """1.23 TFLOP or 45.6 GFLOP: readable on a CPU and on a GPU."""
+    return f"{x / 1e12:.2f} T{unit}" if x >= 1e12 else f"{x / 1e9:.2f} G{unit}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,7 +85,7 @@ def main() -> None:
     peak_rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 1024)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device            {name}")
-    print(f"matmul rate       {peak_rate / 1e12:.2f} TFLOP/s ({dtype}, measured in this run)")
+    print(f"matmul rate       {fmt(peak_rate, 'FLOP/s')} ({dtype}, measured in this run)")
     for mode in args.real:
         run_mode(args, mode, cfg, bb, device, autocast, n, n_real, dtype, peak_rate)
 
@@ -140,9 +145,9 @@ def run_mode(args, mode, cfg, bb, device, autocast, n, n_real, dtype, peak_rate)
     print(f"step time         {median:.4f} s median of {args.steps} (min {min(times):.4f}, max {max(times):.4f})")
     print(f"backbone images/s {images / median:.1f} ({images} per step)")
     print(f"peak memory       {peak_mem:.2f} GiB ({mem_kind})")
-    print(f"FLOPs per step    {flops / 1e12:.3f} TFLOP")
-    print(f"achieved          {flops / median / 1e12:.2f} TFLOP/s = {flops / median / peak_rate:.1%} of the "
-          f"measured {dtype} matmul rate ({peak_rate / 1e12:.2f} TFLOP/s)")
+    print(f"FLOPs per step    {fmt(flops, 'FLOP')}")
+    print(f"achieved          {fmt(flops / median, 'FLOP/s')} = {flops / median / peak_rate:.1%} of the "
+          f"measured {dtype} matmul rate ({fmt(peak_rate, 'FLOP/s')})")
 
 
 if __name__ == "__main__":
