@@ -1,6 +1,6 @@
 """Distillation step benchmark: time, throughput, memory and FLOP efficiency of one LGM step.
 
-    .venv/bin/python benchmarks/step.py --backbone effnet_lite0 --classes 10 --augs 4 --res 64 --crop 64
+    .venv/bin/python benchmarks/step.py --backbone effnet_lite0 --classes 10 --augs 4 --res 64 --crop 64 --real live cached
     python benchmarks/step.py --backbone dinov2_vitb14 --random-init --classes 100 --augs 10 \\
         --res 256 --crop 224 --real cached --device cuda          # the ImageNet-100 setting
 
@@ -34,6 +34,11 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
+def fmt(x: float, unit: str) -> str:
+    """1.23 TFLOP or 45.6 GFLOP: readable on a CPU and on a GPU."""
+    return f"{x / 1e12:.2f} T{unit}" if x >= 1e12 else f"{x / 1e9:.2f} G{unit}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -49,7 +54,8 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=0)
-    ap.add_argument("--real", choices=("live", "cached"), default="cached")
+    ap.add_argument("--real", choices=("live", "cached"), nargs="+", default=["cached"],
+                    help="real-feature mode(s); several are timed one after the other in the same run")
     ap.add_argument("--real-batch", type=int, default=0, help="0 = ipc*augs*classes")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -61,35 +67,45 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lgm.augment import AugmentConfig, ViewAugmenter
     from lgm.backbones import load_backbone
     from lgm.config import DistillConfig
-    from lgm.data import ImageSplit
-    from lgm.distillation import Generators, autocast_context, distill_step, make_optimizer, resolve_device
-    from lgm.features import CachedReal, LiveReal
-    from lgm.synthetic import make_synthetic
+    from lgm.distillation import autocast_context, resolve_device, speed_up_backbone
 
     device = resolve_device(args.device)
     cfg = DistillConfig(dataset="bench", backbone=args.backbone, ipc=args.ipc, augs=args.augs, res=args.res,
-                        crop=args.crop, chunk=args.chunk, real_features=args.real, real_batch=args.real_batch,
-                        amp=args.amp, device=str(device), random_init=args.random_init).resolved()
-    bb = load_backbone(args.backbone, device, random_init=args.random_init)
-    if device.type == "cuda":
-        bb = bb.to(memory_format=torch.channels_last)
-    if args.compile:
-        bb.model = torch.compile(bb.model)
+                        crop=args.crop, chunk=args.chunk, real_batch=args.real_batch,
+                        amp=args.amp, device=str(device), random_init=args.random_init,
+                        compile=args.compile).resolved()
+    # As in a distillation run: channels-last for CNNs on CUDA, torch.compile with --compile.
+    bb = speed_up_backbone(load_backbone(args.backbone, device, random_init=args.random_init), cfg, device)
     n = args.classes * args.ipc
     n_real = cfg.real_batch or n * args.augs
+    autocast = autocast_context(cfg, device)
+    dtype = torch.bfloat16 if (device.type == "cuda" and args.amp != "off") else torch.float32
+    peak_rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 1024)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device            {name}")
+    print(f"matmul rate       {fmt(peak_rate, 'FLOP/s')} ({dtype}, measured in this run)")
+    for mode in args.real:
+        run_mode(args, mode, cfg, bb, device, autocast, n, n_real, dtype, peak_rate)
+
+
+def run_mode(args, mode, cfg, bb, device, autocast, n, n_real, dtype, peak_rate) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lgm.augment import AugmentConfig, ViewAugmenter
+    from lgm.data import ImageSplit
+    from lgm.distillation import Generators, distill_step, make_optimizer
+    from lgm.features import CachedReal, LiveReal
+    from lgm.synthetic import make_synthetic
+
     gens = Generators.from_seed(0, device)
     syn = make_synthetic("pyramid", n, args.res, True, gens.init, cfg.grow_every).to(device)
     syn.grow_to(10**9, gens.init)  # full pyramid: the most expensive render
     labels = torch.arange(args.classes, device=device).repeat_interleave(args.ipc)
     opt = make_optimizer(list(syn.parameters()), cfg.lr)
-    autocast = autocast_context(cfg, device)
     g = torch.Generator().manual_seed(0)
-    if args.real == "cached":
+    if mode == "cached":
         feats = torch.randn(max(4 * n_real, 10_000), bb.feature_dim, generator=g).half()
         real = CachedReal(feats, torch.randint(0, args.classes, (feats.shape[0],), generator=g), device)
     else:
@@ -116,26 +132,22 @@ def main() -> None:
         step()
     flops = counter.get_total_flops()
     median = statistics.median(times)
-    dtype = torch.bfloat16 if (device.type == "cuda" and args.amp != "off") else torch.float32
-    peak_rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 1024)
-    images = n * args.augs + (n_real if args.real == "live" else 0)
+    images = n * args.augs + (n_real if mode == "live" else 0)
     if device.type == "cuda":
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
     else:
         import resource
 
         peak_mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device            {name}")
     print(f"setting           {args.backbone}{' (random init)' if args.random_init else ''}, C={args.classes}, "
           f"ipc={args.ipc}, A={args.augs}, res={args.res}, crop={args.crop}, chunk={args.chunk or 'all'}, "
-          f"real={args.real} ({n_real} per step), amp={'bf16' if dtype == torch.bfloat16 else 'off'}")
+          f"real={mode} ({n_real} per step), amp={'bf16' if dtype == torch.bfloat16 else 'off'}")
     print(f"step time         {median:.4f} s median of {args.steps} (min {min(times):.4f}, max {max(times):.4f})")
     print(f"backbone images/s {images / median:.1f} ({images} per step)")
     print(f"peak memory       {peak_mem:.2f} GiB ({mem_kind})")
-    print(f"FLOPs per step    {flops / 1e12:.3f} TFLOP")
-    print(f"achieved          {flops / median / 1e12:.2f} TFLOP/s = {flops / median / peak_rate:.1%} of the "
-          f"measured {dtype} matmul rate ({peak_rate / 1e12:.2f} TFLOP/s)")
+    print(f"FLOPs per step    {fmt(flops, 'FLOP')}")
+    print(f"achieved          {fmt(flops / median, 'FLOP/s')} = {flops / median / peak_rate:.1%} of the "
+          f"measured {dtype} matmul rate ({fmt(peak_rate, 'FLOP/s')})")
 
 
 if __name__ == "__main__":

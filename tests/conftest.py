@@ -25,6 +25,12 @@ def write_fashion_fixture(root: Path, n_train: int = 200, n_test: int = 50, seed
     return root
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's ~/.cache/lgm (a real-feature cache there would change auto mode)."""
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path_factory.mktemp("lgm-cache")))
+
+
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory) -> Path:
     return write_fashion_fixture(tmp_path_factory.mktemp("data"))

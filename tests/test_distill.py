@@ -224,7 +224,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(fashion_root, tmp_p
         ({"res": 24, "crop": 20}, "power of two"),
         ({"crop": 32}, "cannot exceed --res"),
         ({"augs": 100}, "larger than the training set"),
-        ({"real_gradient": "full"}, "needs --real-features cached"),
+        ({"real_gradient": "full", "real_features": "live"}, "needs --real-features cached"),
     ],
 )
 def test_bad_settings_are_explained(fashion_root, tmp_path, kw, message):

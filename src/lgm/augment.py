@@ -158,11 +158,18 @@ class ViewAugmenter:
         self.generator = torch.Generator(device=device)
 
     def views(self, images: torch.Tensor, start: int, stop: int, step_seed: int) -> torch.Tensor:
-        n, c = images.shape[0], images.shape[1]
+        n = images.shape[0]
         ids = torch.arange(start, stop, device=images.device) % n
-        x = images[ids]
+        return self.augment_range(images[ids], start, step_seed)
+
+    def augment_range(self, x: torch.Tensor, start: int, step_seed: int) -> torch.Tensor:
+        """Augment ``x`` as views ``start .. start + len(x)`` of a step (each row its own draws)."""
+        stop = start + x.shape[0]
+        c = x.shape[1]
         if self.cfg.kind == "none":
             return resize(x, self.size)
+        if stop == start:
+            return x.new_zeros((0, c, self.size, self.size))
         first, last = start // VIEW_BLOCK, (stop - 1) // VIEW_BLOCK
         crops, noises = [], []
         for block in range(first, last + 1):

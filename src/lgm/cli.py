@@ -12,6 +12,7 @@ from lgm.baselines import BaselineConfig
 from lgm.config import DistillConfig
 from lgm.demo import DemoConfig
 from lgm.evaluate import EvalConfig
+from lgm.real_cache import CacheFeaturesConfig
 from lgm.errors import LgmError
 
 
@@ -80,8 +81,14 @@ class ListDatasets:
 def _run(cmd) -> int:
     if isinstance(cmd, DistillCommand):
         from lgm.distillation import distill
+        from lgm.distributed import SINGLE, init_from_env, shutdown
 
-        distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+        shard = SINGLE
+        try:
+            shard, _ = init_from_env(cmd.config.device)  # torchrun: join the group (distill reuses it)
+            distill(cmd.config.dataset, cmd.config.backbone, cmd.config, out=cmd.out)
+        finally:
+            shutdown(shard)
     elif isinstance(cmd, EvalCommand):
         from lgm.evaluate import run_eval
 
@@ -94,6 +101,10 @@ def _run(cmd) -> int:
         crossmodel_matrix(cmd.artifacts, cmd.config, Path(cmd.out),
                           log=lambda m: print(f"lgm crossmodel: {m}", file=sys.stderr, flush=True))
         print((Path(cmd.out) / "crossmodel.md").read_text())
+    elif isinstance(cmd, CacheFeaturesConfig):
+        from lgm.real_cache import run_cache_features
+
+        run_cache_features(cmd)
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = tyro.extras.subcommand_cli_from_dict(
         {
             "distill": DistillCommand,
+            "cache-features": CacheFeaturesConfig,
             "eval": EvalCommand,
             "baselines": BaselineConfig,
             "crossmodel": CrossModelCommand,

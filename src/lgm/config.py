@@ -14,7 +14,10 @@ from lgm.synthetic.pyramid import default_grow_every, num_levels_for
 # Keys that say how a run is executed, not what it computes: they may change
 # between a run and its resumption and are left out of the config hash.
 # grad_checkpointing only trades compute for memory (same numbers), so it is run control too.
-RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad_checkpointing")
+# real_cache and cache_dir only say where a feature cache is found; which cache a run used (its id, a hash of
+# everything that determines its features) is recorded in the run's real_side.json and checked on resume.
+RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad_checkpointing", "real_cache",
+                    "cache_dir", "compile")
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,14 @@ class DistillConfig:
     """Std of the Gaussian noise augmentation (pixel space, before normalization)."""
     noise_mean: float = 0.0
     """Mean of the noise (0.5 reproduces the authors' code before their fix)."""
-    real_features: Literal["live", "cached"] = "live"
-    """Real side: live backbone passes on sampled images (paper), or a per-run cache of augmented views' features."""
+    real_features: Literal["auto", "live", "cached"] = "auto"
+    """Real side. live: backbone passes on sampled images (paper). cached: a complete matching cache from
+    `lgm cache-features` (--real-cache, or found under --cache-dir), else a per-run cache of --cache-views views.
+    auto: such a standalone cache when one exists, else live (else the per-run cache with --real-gradient full)."""
+    real_cache: str | None = None
+    """Directory of a cache built by `lgm cache-features` (refused unless it matches backbone/dataset/augmentation)."""
+    cache_dir: str | None = None
+    """Root searched for standalone real-feature caches (default: $LGM_CACHE_DIR, else ~/.cache/lgm)."""
     real_batch: int = 0
     """Real images (or cached views) per step; 0 = ipc*augs*classes, the paper's batch."""
     real_gradient: Literal["batch", "full"] = "batch"
@@ -83,6 +92,8 @@ class DistillConfig:
     """Synthetic views with activations in flight (0 = all at once); the step stays exact, memory is bounded."""
     amp: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
+    compile: bool = False
+    """torch.compile the backbone (faster steps on CUDA after a compilation warm-up; same numbers up to rounding)."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     data_root: str | None = None
@@ -119,8 +130,11 @@ class DistillConfig:
                 problems.append(f"--res must be a power of two for the pyramid parameterization, got {self.res}")
         if self.crop > 0 and self.res > 0 and self.crop > self.res:
             problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
-        if self.real_gradient == "full" and self.real_features != "cached":
-            problems.append("--real-gradient full needs --real-features cached (the exact gradient runs over the cache)")
+        if self.real_gradient == "full" and self.real_features == "live":
+            problems.append("--real-gradient full needs --real-features cached or auto (the exact gradient runs "
+                            "over a feature cache)")
+        if self.real_cache is not None and self.real_features == "live":
+            problems.append("--real-cache names a feature cache but --real-features is live; use cached or auto")
         if problems:
             raise LgmError("invalid distillation settings:\n  " + "\n  ".join(problems))
 

@@ -14,10 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from lgm.artifacts import DistilledSet, atomic_save_tensors, load_tensors
+from lgm.artifacts import DistilledSet, atomic_save_tensors, atomic_write_json, load_tensors
 from lgm.augment import AugmentConfig, ViewAugmenter
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
@@ -25,8 +26,9 @@ from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_
 from lgm.errors import LgmError, NonFiniteLossError
 from lgm.features import CachedReal, LiveReal, compute_feature_cache
 from lgm.grid import save_grid
-from lgm.matching import head_gradient, meta_loss, sample_head
-from lgm.rundir import Checkpoint, RunDir, StopSignals
+from lgm.distributed import SINGLE, Shard, init_from_env, shutdown
+from lgm.matching import head_gradient, head_gradient_sums, meta_loss, sample_head
+from lgm.rundir import Checkpoint, Interrupted, RunDir, StopSignals
 from lgm.synthetic import SyntheticImages, make_synthetic
 from lgm.version import __version__
 
@@ -110,21 +112,32 @@ def distill_step(
     cfg: DistillConfig,
     views: ViewAugmenter,
     autocast,
+    shard: Shard = SINGLE,
 ) -> torch.Tensor:
-    """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync)."""
+    """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync).
+
+    With a ``shard`` of a torchrun group, this process handles its share of the
+    real batch and of the synthetic views (``lgm.distributed``); every process
+    ends with the same parameters.
+    """
 
     # 1. A fresh random linear head.
     w, b = sample_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init)
 
     # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
-    g_real = real.gradient(w, b, real_batch_size(cfg, num_classes), gens.real, gens.aug)
+    g_real = real.gradient(w, b, real_batch_size(cfg, num_classes), gens.real, gens.aug, shard=shard)
 
     # 3-4. Synthetic side: render, A independently augmented views of every image, features with autograd,
     #      cosine distance between the two head gradients, backprop to the image parameters.
     step_seed = int(torch.randint(0, 2**62, (1,), generator=gens.views))
     optimizer.zero_grad(set_to_none=True)
-    loss = synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views, step_seed,
-                              cfg.chunk, autocast)
+    if shard.active:
+        loss = sharded_synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views,
+                                          step_seed, cfg.chunk, autocast, shard)
+        shard.all_reduce_grads(list(syn.parameters()))
+    else:
+        loss = synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views, step_seed,
+                                  cfg.chunk, autocast)
     optimizer.step()
     return loss
 
@@ -163,17 +176,128 @@ def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone
     return loss.detach()
 
 
+def sharded_synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone: Backbone,
+                               g_real: torch.Tensor, w: torch.Tensor, b: torch.Tensor, views: ViewAugmenter,
+                               step_seed: int, chunk: int, autocast, shard: Shard) -> torch.Tensor:
+    """``synthetic_backward`` for this process's contiguous shard of the views (gradients not yet all-reduced).
+
+    The meta loss depends on the views only through the sum S of their closed-form head gradients: S is the
+    all-reduced sum of the shards' S_k, so dL/dS (the same on every process) is formed once and each
+    process backpropagates dL/dS through its own S_k, whole or ``chunk`` views at a time.
+    """
+    m = view_labels.shape[0]
+    lo, hi = shard.bounds(m)
+    labels = view_labels[lo:hi]
+    chunked = 0 < chunk < hi - lo
+    if chunked:
+        with torch.no_grad():
+            images = syn.render()
+            with autocast:
+                z = torch.cat([backbone.features(views.views(images, s, min(s + chunk, hi), step_seed)).to(w.dtype)
+                               for s in range(lo, hi, chunk)])
+        z.requires_grad_(True)
+    else:
+        with autocast:
+            z = backbone.features(views.views(syn.render(), lo, hi, step_seed)).to(w.dtype)
+    gw, gb = head_gradient_sums(z, labels, w, b)
+    local = torch.cat([gw.reshape(-1), gb])
+    total = shard.all_reduce_(local.detach().clone()).requires_grad_(True)
+    loss = meta_loss(g_real, total / m)
+    (d_total,) = torch.autograd.grad(loss, total)
+    if not chunked:
+        local.backward(d_total)
+        return loss.detach()
+    (dz,) = torch.autograd.grad(local, z, d_total)
+    for s in range(lo, hi, chunk):
+        e = min(s + chunk, hi)
+        with autocast:
+            z_chunk = backbone.features(views.views(syn.render(), s, e, step_seed))
+        z_chunk.to(w.dtype).backward(dz[s - lo:e - lo])
+    return loss.detach()
+
+
 def real_batch_size(cfg: DistillConfig, num_classes: int) -> int:
     if cfg.real_gradient == "full":
         return 2**62  # every cached row: CachedReal takes the exact gradient over the whole cache
     return cfg.real_batch or cfg.ipc * cfg.augs * num_classes
 
 
-def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
-                    run: RunDir | None) -> LiveReal | CachedReal:
-    aug_cfg = _aug_config(cfg)
+@dataclass(frozen=True)
+class RealSideChoice:
+    """How a run gets its real gradients, as resolved from --real-features (recorded in real_side.json)."""
+
+    mode: Literal["live", "run-cache", "standalone"]
+    requested: str
+    cache_id: str | None = None
+    cache_path: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+REAL_SIDE_FILE = "real_side.json"
+
+
+def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
+    """The key a standalone cache must match for this run (its size fields aside: any views/selection do)."""
+    from lgm.real_cache import CacheFeaturesConfig, cache_key, select_indices
+
+    req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
+                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=cfg.aug, clamp_crop=cfg.clamp_crop,
+                              noise_std=cfg.noise_std, noise_mean=cfg.noise_mean, random_init=cfg.random_init,
+                              weights=cfg.weights, normalization=cfg.normalization)
+    return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
+
+
+def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
+    """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
+    from lgm.artifacts import read_json
+    from lgm.feature_store import cache_root
+    from lgm.real_cache import SIZE_FIELDS, RealFeatureCache, find_real_cache
+
+    recorded = run.path / REAL_SIDE_FILE if run is not None else None
+    if recorded is not None and recorded.is_file():
+        prev = RealSideChoice(**read_json(recorded))
+        if prev.mode != "standalone":
+            return prev, None
+        candidates = [p for p in (cfg.real_cache, prev.cache_path,
+                                  str(cache_root(cfg.cache_dir) / "real" / str(prev.cache_id))) if p]
+        for path in candidates:
+            if (Path(path) / "meta.json").is_file():
+                cache = RealFeatureCache.open(path, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
+                if cache.id != prev.cache_id:
+                    raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id}, but {path} "
+                                   f"holds {cache.id}; resume with --real-cache pointing at the original cache")
+                return prev, cache
+        raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} ({prev.cache_path}), "
+                       "which is gone; rebuild it with the same `lgm cache-features` command, or name it with "
+                       "--real-cache")
     if cfg.real_features == "live":
+        return RealSideChoice("live", "live"), None
+    cache = None
+    if cfg.real_cache is not None:
+        cache = RealFeatureCache.open(cfg.real_cache, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
+    else:
+        found = find_real_cache(cache_request(cfg, ds, bb), cfg.cache_dir)
+        if found is not None:
+            cache = RealFeatureCache.open(found)
+    if cache is not None:
+        return RealSideChoice("standalone", cfg.real_features, cache.id, str(cache.path.resolve())), cache
+    if cfg.real_features == "cached" or cfg.real_gradient == "full":
+        return RealSideChoice("run-cache", cfg.real_features), None
+    return RealSideChoice("live", cfg.real_features), None
+
+
+def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
+                    run: RunDir | None, choice: RealSideChoice | None = None,
+                    cache=None) -> LiveReal | CachedReal:
+    aug_cfg = _aug_config(cfg)
+    if choice is None:
+        choice, cache = resolve_real_side(cfg, ds, backbone, run)
+    if choice.mode == "live":
         return LiveReal(ds.train, cfg.res, cfg.crop, aug_cfg, backbone, device, autocast)
+    if choice.mode == "standalone":
+        return CachedReal(cache.features, cache.labels, device)
     cache_path = run.path / "real_features.safetensors" if run is not None else None
     if cache_path is not None and cache_path.is_file():
         tensors = load_tensors(cache_path)
@@ -220,6 +344,8 @@ def distill(
     ``dataset`` and ``backbone`` are registry names or already-built objects;
     ``out`` is a run directory (created, resumed, or returned as is when
     finished). Keyword overrides replace config fields, e.g. ``steps=200``.
+    Started by torchrun (WORLD_SIZE > 1), the process joins the group and does
+    its share of every step (``lgm.distributed``); only rank 0 writes ``out``.
     """
     ds_name = dataset if isinstance(dataset, str) else dataset.name
     bb_name = backbone if isinstance(backbone, str) else backbone.name
@@ -229,7 +355,8 @@ def distill(
         config = dataclasses.replace(config, **overrides)
     cfg = config.resolved()
     cfg.validate()
-    device = resolve_device(cfg.device)
+    shard, device_name = init_from_env(cfg.device)
+    device = resolve_device(device_name)
     # Unknown names fail before a run directory is created.
     if isinstance(dataset, str):
         check_dataset_name(cfg.dataset)
@@ -237,9 +364,13 @@ def distill(
         BACKBONES.get(cfg.backbone)
 
     run = RunDir(Path(out)) if out is not None else None
+    writer = run if shard.is_main else None  # the only process that writes the run directory
     if run is not None:
-        run.prepare(cfg)
-        if run.finished():
+        def prepare() -> bool:
+            run.prepare(cfg)
+            return run.finished()
+
+        if shard.run_on_main(prepare):
             _log(f"{run.path} already holds a finished run ({cfg.steps} steps); nothing to do")
             return DistilledSet.load(run.path)
 
@@ -247,13 +378,17 @@ def distill(
     bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
                         grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
           else backbone.to(device))
+    choice = shard.run_on_main(lambda: resolve_real_side(cfg, ds, bb, run)[0])
     n_real = real_batch_size(cfg, ds.num_classes)
-    if cfg.real_features == "live" and n_real > len(ds.train):
+    if choice.mode == "live" and n_real > len(ds.train):
         how = "--real-batch" if cfg.real_batch else f"ipc*augs*classes = {cfg.ipc}*{cfg.augs}*{ds.num_classes}"
         raise LgmError(
             f"the real batch ({how} = {n_real}) is larger than the training set of {ds.name} "
             f"({len(ds.train)} images); lower --augs, --ipc or --real-batch"
         )
+    n_views = cfg.augs * ds.num_classes * cfg.ipc
+    if shard.world_size > n_views:
+        raise LgmError(f"{shard.world_size} processes for {n_views} synthetic views; start at most {n_views}")
 
     gens = Generators.from_seed(cfg.seed, device)
     syn = make_synthetic(cfg.param, ds.num_classes * cfg.ipc, cfg.res, cfg.decorrelate, gens.init,
@@ -270,11 +405,17 @@ def distill(
         gens.load_state_tensors(ckpt.generators)
         start, elapsed = ckpt.step, ckpt.seconds
         _log(f"resuming {run.path} from step {start}/{cfg.steps}")
-    if run is not None:
-        run.open_metrics(keep_before=start)
+    shard.broadcast_params_(list(syn.parameters()))
+    if writer is not None:
+        writer.open_metrics(keep_before=start)
 
     autocast = autocast_context(cfg, device)
-    real = build_real_side(cfg, ds, bb, device, autocast, run)
+    bb = speed_up_backbone(bb, cfg, device)
+    real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
+    if writer is not None:
+        atomic_write_json(writer.path / REAL_SIDE_FILE, choice.to_dict())
+    if choice.mode == "standalone" and shard.is_main:
+        _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
     views = ViewAugmenter(_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
     pending: list[tuple[int, torch.Tensor, int]] = []
@@ -282,8 +423,8 @@ def distill(
 
     def checkpoint(step: int) -> None:
         nonlocal good_step
-        if run is not None:
-            run.save_checkpoint(Checkpoint.capture(step, elapsed, syn, optimizer, gens, cfg))
+        if writer is not None:
+            writer.save_checkpoint(Checkpoint.capture(step, elapsed, syn, optimizer, gens, cfg))
         good_step = step
 
     def flush(bar) -> None:
@@ -298,24 +439,25 @@ def distill(
                     f"the meta loss became {loss} at step {step}{where}. Lower --lr, or use --amp off "
                     "if mixed precision is on; re-running resumes from the checkpoint."
                 )
-            if run is not None:
-                run.log_metrics({"step": step, "loss": loss, "levels": levels, "seconds": round(elapsed, 3)})
+            if writer is not None:
+                writer.log_metrics({"step": step, "loss": loss, "levels": levels, "seconds": round(elapsed, 3)})
         bar.set_postfix(loss=f"{losses[-1]:.4f}", levels=pending[-1][2], refresh=False)
         pending.clear()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc="distill", unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and shard.is_main), desc="distill",
+               unit="step", dynamic_ncols=True, file=sys.stderr)
     with StopSignals() as stop:
         try:
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 if syn.grow_to(step, gens.init):
+                    shard.broadcast_params_(list(syn.parameters()))
                     optimizer = regrow_optimizer(optimizer, syn, cfg)
                 try:
                     loss = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg, views,
-                                        autocast)
+                                        autocast, shard)
                 except torch.OutOfMemoryError:
                     in_flight = cfg.chunk or cfg.augs * len(syn_labels)
                     raise LgmError(
@@ -326,17 +468,23 @@ def distill(
                 pending.append((step, loss, syn.levels))
                 bar.update(1)
                 done = step + 1
-                if done % sync_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.signal:
+                at_sync = done % sync_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps
+                signalled = stop.signal is not None
+                # Every process must stop at the same step: with several, the flag is agreed on at sync points.
+                stopping = (shard.any(signalled, device) if at_sync else False) if shard.active else signalled
+                if at_sync or stopping:
                     flush(bar)
                 if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                     checkpoint(done)
-                if stop.signal and done < cfg.steps:
+                if stopping and done < cfg.steps:
                     checkpoint(done)
+                    if not signalled:  # another process got the signal
+                        raise Interrupted(f"stopped at step {done}/{cfg.steps} with the other processes", 15)
                     raise stop.interrupted(done, cfg.steps, run.path if run else None)
         finally:
             bar.close()
-            if run is not None:
-                run.close_metrics()
+            if writer is not None:
+                writer.close_metrics()
 
     checkpoint(cfg.steps)
     with torch.no_grad():
@@ -357,11 +505,31 @@ def distill(
             "lgm_version": __version__,
             "steps_done": cfg.steps,
             "init_indices": init_indices,
+            "real_side": choice.to_dict(),
+            "processes": shard.world_size,
             "seconds": round(elapsed, 3),
         },
     )
-    if run is not None:
-        save_grid(result.images, result.labels, result.class_names, run.path / "grid.png")
-        result.save(run.path / "distilled")
-        _log(f"done: {run.path / 'distilled.safetensors'} ({elapsed:.0f} s of distillation)")
+    if writer is not None:
+        save_grid(result.images, result.labels, result.class_names, writer.path / "grid.png")
+        result.save(writer.path / "distilled")
+        _log(f"done: {writer.path / 'distilled.safetensors'} ({elapsed:.0f} s of distillation)")
+    shard.barrier()  # the others return once rank 0's artifacts are on disk
     return result
+
+
+def _real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, device: torch.device, autocast,
+               run: RunDir | None, choice: RealSideChoice) -> LiveReal | CachedReal:
+    from lgm.real_cache import RealFeatureCache
+
+    cache = RealFeatureCache.open(choice.cache_path) if choice.mode == "standalone" else None
+    return build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
+
+
+def speed_up_backbone(bb: Backbone, cfg: DistillConfig, device: torch.device) -> Backbone:
+    """Channels-last weights for CNNs on CUDA; ``--compile``: torch.compile of the wrapped model."""
+    if device.type == "cuda" and sum(isinstance(m, torch.nn.Conv2d) for m in bb.modules()) > 2:
+        bb = bb.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        bb.model = torch.compile(bb.model)
+    return bb

@@ -14,14 +14,20 @@ import sys
 
 import torch
 
-from lgm.augment import AugmentConfig, augment
+from lgm.augment import AugmentConfig, ViewAugmenter, augment
 from lgm.backbones import Backbone
 from lgm.data import Split
-from lgm.matching import head_gradient
+from lgm.distributed import SINGLE, Shard
+from lgm.matching import head_gradient, head_gradient_sums
 
 
 class LiveReal:
-    """Uniformly sampled real images, augmented once, features without autograd."""
+    """Uniformly sampled real images, augmented once, features without autograd.
+
+    The augmentation of real view i comes from (step seed, i // VIEW_BLOCK), like
+    the synthetic views (``ViewAugmenter``), so a process of a distributed run
+    augments its shard of the batch exactly as the whole batch would be.
+    """
 
     def __init__(self, split: Split, resolution: int, crop: int, aug: AugmentConfig, backbone: Backbone,
                  device: torch.device, autocast) -> None:
@@ -29,17 +35,22 @@ class LiveReal:
         self.split = split.materialize(resolution, progress=sys.stderr.isatty()).to(device)
         self.resolution, self.crop, self.aug = resolution, crop, aug
         self.backbone, self.device, self.autocast = backbone, device, autocast
+        self.views = ViewAugmenter(aug, crop, device)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def gradient(self, w: torch.Tensor, b: torch.Tensor, n: int, sample_gen: torch.Generator,
-                 aug_gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randperm(len(self.split), generator=sample_gen)[:n].to(self.device)
-        x = self.split.load(idx, self.resolution, self.device)
+                 aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> torch.Tensor:
+        """Head gradient of n sampled real images; ``sample_gen`` (CPU) draws the images and the views' seed."""
+        idx = torch.randperm(len(self.split), generator=sample_gen)[:n]
+        step_seed = int(torch.randint(0, 2**62, (1,), generator=sample_gen))
+        s, e = shard.bounds(idx.numel())
+        mine = idx[s:e].to(self.device, non_blocking=True)
+        x = self.split.load(mine, self.resolution, self.device)
         with torch.no_grad(), self.autocast:
-            z = self.backbone.features(augment(x, self.crop, self.aug, aug_gen))
-        return head_gradient(z.float(), self.split.labels[idx], w, b)
+            z = self.backbone.features(self.views.augment_range(x, s, step_seed))
+        return _mean_gradient(z, self.split.labels[mine], w, b, idx.numel(), shard)
 
 
 class CachedReal:
@@ -54,11 +65,23 @@ class CachedReal:
         return self.features.shape[0]
 
     def gradient(self, w: torch.Tensor, b: torch.Tensor, n: int, sample_gen: torch.Generator,
-                 aug_gen: torch.Generator) -> torch.Tensor:
+                 aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> torch.Tensor:
         if n >= len(self):
-            return head_gradient(self.features.float(), self.labels, w, b)
-        idx = torch.randperm(len(self), generator=sample_gen)[:n].to(self.device)
-        return head_gradient(self.features[idx].float(), self.labels[idx], w, b)
+            s, e = shard.bounds(len(self))
+            return _mean_gradient(self.features[s:e], self.labels[s:e], w, b, len(self), shard)
+        idx = torch.randperm(len(self), generator=sample_gen)[:n]
+        s, e = shard.bounds(n)
+        mine = idx[s:e].to(self.device, non_blocking=True)
+        return _mean_gradient(self.features[mine], self.labels[mine], w, b, n, shard)
+
+
+def _mean_gradient(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int,
+                   shard: Shard) -> torch.Tensor:
+    """Mean-loss head gradient of n rows of which this process holds z (sums all-reduced over the group)."""
+    if not shard.active:
+        return head_gradient(z.float(), y, w, b)
+    gw, gb = head_gradient_sums(z.float(), y, w, b)
+    return shard.all_reduce_(torch.cat([gw.reshape(-1), gb])) / n
 
 
 @torch.no_grad()

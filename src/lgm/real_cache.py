@@ -1,0 +1,331 @@
+"""Standalone, resumable cache of real-image features (``lgm cache-features``).
+
+A distillation step needs the head gradient of a large real batch; computing
+it live costs one backbone pass per real view and step. This module stores
+the features of ``views`` augmented views of every (or ``per_class`` selected)
+training image once, as an fp16 memory map that distillation indexes
+directly (no decoding, no backbone pass).
+
+Layout of a cache directory (default ``$LGM_CACHE_DIR/real/<id>``, where
+``$LGM_CACHE_DIR`` defaults to ``~/.cache/lgm``, as for ``lgm.feature_store``)::
+
+    meta.json      key (what the features are), shape, chunks done, complete flag
+    features.f16   rows x dim float16, row = view * n_images + image (view-major)
+    labels.npy     int64 label of each row
+    indices.npy    int64 training-split index of each cached image
+
+The build is written chunk by chunk: after each chunk the memory map is
+flushed, then ``meta.json`` is replaced atomically with the new progress
+counter, so a build killed at any point resumes from the last recorded chunk.
+Every chunk's augmentation draws come from a generator seeded by
+(seed, chunk index), never from a running stream, so a resumed build equals
+an uninterrupted one exactly. Reading checks the key: a cache built for
+another backbone, weights, dataset, resolution or augmentation is refused with
+the list of differing fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from lgm.artifacts import atomic_write_json, read_json
+from lgm.augment import AugmentConfig, augment, block_seed
+from lgm.backbones import Backbone
+from lgm.data import ImageDataset, stratified_indices
+from lgm.errors import LgmError
+from lgm.feature_store import cache_root, key_hash
+from lgm.version import __version__
+
+# Bump when the layout or the way cached features are computed changes.
+REAL_CACHE_FORMAT = 1
+META = "meta.json"
+FEATURES = "features.f16"
+LABELS = "labels.npy"
+INDICES = "indices.npy"
+# Fields of the key that only choose how much is cached (not what a row means): a distillation run may
+# use any cache that agrees on every other field.
+SIZE_FIELDS = ("views", "per_class", "seed", "num_rows")
+
+
+@dataclass(frozen=True)
+class CacheFeaturesConfig:
+    """Cache the backbone features of augmented views of a dataset's training images (resumable)."""
+
+    dataset: str
+    """Dataset name (see `lgm datasets`)."""
+    backbone: str
+    """Backbone name (see `lgm backbones`)."""
+    views: int = 2
+    """Augmented views of every training image."""
+    res: int = 256
+    """Resolution the real images are loaded at (the distillation run's --res)."""
+    crop: int = 224
+    """Side of the augmented crop fed to the backbone (the distillation run's --crop)."""
+    per_class: int = 0
+    """Training images per class (0 = all; a seeded stratified subset otherwise)."""
+    seed: int = 0
+    """Seed of the per-class selection and of every augmentation draw."""
+    aug: Literal["standard", "none"] = "standard"
+    """Augmentation (as in `lgm distill`)."""
+    clamp_crop: bool = True
+    """Clamp crop boxes to the image (as in `lgm distill`)."""
+    noise_std: float = 0.2
+    """Noise std (as in `lgm distill`)."""
+    noise_mean: float = 0.0
+    """Noise mean (as in `lgm distill`)."""
+    random_init: bool = False
+    """Randomly initialized backbone (tests/benchmarks)."""
+    weights: str | None = None
+    """Local weights file for the backbone."""
+    normalization: Literal["native", "imagenet"] = "native"
+    """Backbone input statistics."""
+    batch: int = 500
+    """Images per chunk (the unit of progress: an interrupted build resumes at a chunk boundary)."""
+    cache_dir: str | None = None
+    """Root of lgm's caches (default: $LGM_CACHE_DIR, else ~/.cache/lgm); the cache goes to <root>/real/<id>."""
+    out: str | None = None
+    """Explicit cache directory (instead of <cache-dir>/real/<id>)."""
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    data_root: str | None = None
+    """Directory holding datasets (default: $LGM_DATA_ROOT, then each dataset's standard location)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or leave them out with a warning listing them."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(kind=self.aug, clamp_crop=self.clamp_crop, noise_std=self.noise_std,
+                             noise_mean=self.noise_mean)
+
+    def validate(self) -> None:
+        problems = [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
+                    for k in ("views", "res", "crop", "batch") if getattr(self, k) <= 0]
+        if self.per_class < 0:
+            problems.append(f"--per-class must be >= 0, got {self.per_class}")
+        if self.crop > self.res:
+            problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
+        if problems:
+            raise LgmError("invalid cache-features settings:\n  " + "\n  ".join(problems))
+
+
+def weights_identity(weights: str | None, random_init: bool) -> str:
+    """What the backbone's weights are: random, the installed default, or a local file by content."""
+    if random_init:
+        return "random-init"
+    if weights is None:
+        return "default"
+    path = Path(weights)
+    if not path.is_file():
+        return f"file:{path}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def cache_key(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, indices: torch.Tensor) -> dict[str, Any]:
+    """Everything that determines the cached features (and what their rows are)."""
+    labels = ds.train.labels.cpu().to(torch.int64).numpy()
+    return {
+        "format": REAL_CACHE_FORMAT,
+        "backbone": backbone.name,
+        "weights": weights_identity(cfg.weights, bool(backbone.random_init)),
+        "normalization": backbone.normalization,
+        "feature_dim": backbone.feature_dim,
+        "dataset": ds.name,
+        "split": "train",
+        "train_images": int(len(labels)),
+        "train_labels": hashlib.sha256(labels.tobytes()).hexdigest()[:16],
+        "res": cfg.res,
+        "crop": cfg.crop,
+        "augment": dataclasses.asdict(cfg.augment_config()),
+        "views": cfg.views,
+        "per_class": cfg.per_class,
+        "seed": cfg.seed,
+        "num_rows": cfg.views * int(indices.numel()),
+    }
+
+
+def key_differences(stored: dict[str, Any], wanted: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    keys = sorted((set(stored) | set(wanted)) - set(ignore))
+    return [f"{k}: cache has {stored.get(k)!r}, requested {wanted.get(k)!r}" for k in keys
+            if stored.get(k) != wanted.get(k)]
+
+
+def _normalize(key: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(key))  # tuples -> lists, as they come back from JSON
+
+
+def select_indices(ds: ImageDataset, per_class: int, seed: int) -> torch.Tensor:
+    if not per_class:
+        return torch.arange(len(ds.train))
+    picker = torch.Generator().manual_seed((seed << 8) | 5)
+    return torch.sort(stratified_indices(ds.train.labels.cpu(), per_class, picker)).values
+
+
+class RealFeatureCache:
+    """A complete cache opened for reading: fp16 features (memory-mapped) and labels."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.path, self.meta, self.features, self.labels = path, meta, features, labels
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.meta["key"]
+
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+    @classmethod
+    def open(cls, path: str | Path, expected: dict[str, Any] | None = None,
+             ignore: tuple[str, ...] = ()) -> "RealFeatureCache":
+        """Open the cache at ``path``; with ``expected``, refuse it unless its key agrees (``ignore`` aside)."""
+        path = Path(path)
+        meta_path = path / META
+        if not meta_path.is_file():
+            raise LgmError(f"{path} is not a real-feature cache (no {META}); build one with `lgm cache-features`")
+        meta = read_json(meta_path)
+        if meta.get("key", {}).get("format") != REAL_CACHE_FORMAT:
+            raise LgmError(f"{path} holds a real-feature cache of format {meta.get('key', {}).get('format')!r}; "
+                           f"this lgm reads format {REAL_CACHE_FORMAT}: rebuild it with `lgm cache-features`")
+        if expected is not None:
+            diffs = key_differences(meta["key"], _normalize(expected), ignore)
+            if diffs:
+                raise LgmError(f"the real-feature cache {path} was built for other settings; refusing it:\n  "
+                               + "\n  ".join(diffs))
+        if not meta.get("complete"):
+            raise LgmError(f"the real-feature cache {path} is incomplete ({meta.get('chunks_done')}/"
+                           f"{meta.get('chunks_total')} chunks); re-run the same `lgm cache-features` command to "
+                           "finish it")
+        rows, dim = meta["rows"], meta["dim"]
+        mm = np.memmap(path / FEATURES, dtype=np.float16, mode="c", shape=(rows, dim))
+        labels = torch.from_numpy(np.load(path / LABELS))
+        return cls(path, meta, torch.from_numpy(mm), labels)
+
+
+def _chunks(n: int, views: int, batch: int) -> list[tuple[int, int]]:
+    return [(v, s) for v in range(views) for s in range(0, n, batch)]
+
+
+@torch.no_grad()
+def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, device: torch.device,
+                     autocast, log=None) -> RealFeatureCache:
+    """Build (or resume, or just open) the cache for ``cfg``; returns it opened for reading."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    log = log or (lambda m: None)
+    indices = select_indices(ds, cfg.per_class, cfg.seed)
+    key = _normalize(cache_key(cfg, ds, backbone, indices))
+    cid = key_hash(key)
+    path = Path(cfg.out) if cfg.out else cache_root(cfg.cache_dir) / "real" / cid
+    meta_path = path / META
+    n, dim = int(indices.numel()), backbone.feature_dim
+    chunks = _chunks(n, cfg.views, cfg.batch)
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        diffs = key_differences(meta.get("key", {}), key)
+        if diffs:
+            raise LgmError(f"{path} holds a real-feature cache built for other settings; refusing to mix them:\n  "
+                           + "\n  ".join(diffs) + "\nUse another --out (or the default location), or delete it.")
+        if meta.get("complete"):
+            log(f"{path} already holds this cache (complete); nothing to do")
+            return RealFeatureCache.open(path, key)
+        if meta["chunk_rows"] != cfg.batch:
+            raise LgmError(f"{path} is a partial build with --batch {meta['chunk_rows']}; resume it with that "
+                           f"--batch (got {cfg.batch})")
+        start = int(meta["chunks_done"])
+        log(f"resuming the cache build in {path} at chunk {start}/{len(chunks)}")
+        mm = np.memmap(path / FEATURES, dtype=np.float16, mode="r+", shape=(cfg.views * n, dim))
+    else:
+        if path.exists() and any(path.iterdir()):
+            raise LgmError(f"{path} exists, is not empty and holds no {META}; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        labels = ds.train.labels.cpu()[indices].to(torch.int64).repeat(cfg.views)
+        np.save(path / INDICES, indices.to(torch.int64).numpy())
+        np.save(path / LABELS, labels.numpy())
+        mm = np.memmap(path / FEATURES, dtype=np.float16, mode="w+", shape=(cfg.views * n, dim))
+        meta = {"id": cid, "key": key, "rows": cfg.views * n, "dim": dim, "dtype": "float16", "images": n,
+                "chunk_rows": cfg.batch, "chunks_total": len(chunks), "chunks_done": 0, "complete": False,
+                "lgm_version": __version__, "device": str(device)}
+        atomic_write_json(meta_path, meta)
+        start = 0
+    aug = cfg.augment_config()
+    split = ds.train
+    gen = torch.Generator(device=device)
+    for c in tqdm(range(start, len(chunks)), initial=start, total=len(chunks), desc="real features",
+                  disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True):
+        v, s = chunks[c]
+        e = min(s + cfg.batch, n)
+        gen.manual_seed(block_seed(cfg.seed, c))
+        x = split.load(indices[s:e], cfg.res, device)
+        with autocast:
+            z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
+        if not torch.isfinite(z).all():
+            raise LgmError(f"the backbone produced NaN or infinite features (view {v}, images {s}..{e - 1}); "
+                           f"the cache in {path} stays incomplete")
+        mm[v * n + s: v * n + e] = z.cpu().half().numpy()
+        mm.flush()
+        meta["chunks_done"] = c + 1
+        atomic_write_json(meta_path, meta)
+    meta["complete"] = True
+    atomic_write_json(meta_path, meta)
+    del mm
+    log(f"real-feature cache complete: {path} ({cfg.views * n} rows x {dim}, fp16)")
+    return RealFeatureCache.open(path, key)
+
+
+def find_real_cache(wanted: dict[str, Any], cache_dir: str | Path | None = None) -> Path | None:
+    """The complete cache under ``<cache root>/real`` that agrees with ``wanted`` on everything but its size.
+
+    Among several, the one with the most rows (then the lowest seed, then id) is taken, so the choice is a
+    function of what is on disk.
+    """
+    wanted = _normalize(wanted)
+    found = []
+    root = cache_root(cache_dir) / "real"
+    if not root.is_dir():
+        return None
+    for meta_path in sorted(root.glob(f"*/{META}")):
+        try:
+            meta = read_json(meta_path)
+        except Exception:
+            continue
+        key = meta.get("key", {})
+        if meta.get("complete") and not key_differences(key, wanted, SIZE_FIELDS):
+            found.append((-int(meta.get("rows", 0)), int(key.get("seed", 0)), meta.get("id", ""), meta_path.parent))
+    return min(found)[3] if found else None
+
+
+def run_cache_features(cfg: CacheFeaturesConfig) -> RealFeatureCache:
+    """The `lgm cache-features` command: build, resume or confirm the cache; prints its directory."""
+    import contextlib
+
+    from lgm.backbones import load_backbone
+    from lgm.data import load_dataset
+    from lgm.distillation import resolve_device
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)
+    bb = load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization)
+    amp_on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp_on else contextlib.nullcontext()
+    cache = build_real_cache(cfg, ds, bb, device, autocast,
+                             log=lambda m: print(f"lgm cache-features: {m}", file=sys.stderr, flush=True))
+    print(cache.path)
+    return cache

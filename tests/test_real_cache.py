@@ -1,0 +1,154 @@
+"""The standalone real-feature cache: round trip, resumable build, key checks, pickup by `lgm distill`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lgm.augment import resize
+from lgm.backbones import load_backbone
+from lgm.cli import main
+from lgm.data import load_dataset
+from lgm.distillation import distill
+from lgm.errors import LgmError
+from lgm.real_cache import CacheFeaturesConfig, RealFeatureCache, build_real_cache, find_real_cache
+from tests.conftest import TINY
+
+CPU = torch.device("cpu")
+
+
+def cfg_for(root: Path, **kw) -> CacheFeaturesConfig:
+    settings = dict(dataset="fashion-mnist", backbone="toy_cnn", views=2, res=16, crop=14, per_class=5, batch=7,
+                    data_root=str(root), progress=False)
+    return CacheFeaturesConfig(**{**settings, **kw})
+
+
+def build(root: Path, **kw) -> RealFeatureCache:
+    cfg = cfg_for(root, **kw)
+    ds = load_dataset("fashion-mnist", str(root))
+    return build_real_cache(cfg, ds, load_backbone("toy_cnn"), CPU, contextlib.nullcontext())
+
+
+def test_round_trip_features_equal_direct_ones(fashion_root, tmp_path):
+    # aug "none": every view is the plain resize, so the expected features are computed independently.
+    cache = build(fashion_root, aug="none", out=str(tmp_path / "c"))
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    idx = torch.from_numpy(__import__("numpy").load(tmp_path / "c" / "indices.npy"))
+    assert idx.numel() == 50 and torch.bincount(ds.train.labels[idx]).tolist() == [5] * 10
+    bb = load_backbone("toy_cnn")
+    with torch.no_grad():
+        direct = bb.features(resize(ds.train.load(idx, 16), 14))
+    assert cache.features.dtype == torch.float16 and cache.features.shape == (100, 32)
+    for v in range(2):
+        torch.testing.assert_close(cache.features[v * 50:(v + 1) * 50].float(), direct, rtol=2e-3, atol=2e-3)
+    assert torch.equal(cache.labels, ds.train.labels[idx].repeat(2))
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["complete"] and meta["chunks_done"] == meta["chunks_total"] == 2 * 8  # ceil(50 / 7) per view
+    assert meta["key"]["backbone"] == "toy_cnn" and meta["key"]["format"] == 1
+
+
+def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(fashion_root, tmp_path, monkeypatch):
+    reference = build(fashion_root, out=str(tmp_path / "ref"))
+    calls = {"n": 0}
+
+    class Boom(RuntimeError):
+        pass
+
+    bb = load_backbone("toy_cnn")
+    real_features = bb.features
+
+    def failing(x):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise Boom("killed")
+        return real_features(x)
+
+    monkeypatch.setattr(bb, "features", failing)
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    cfg = cfg_for(fashion_root, out=str(tmp_path / "c"))
+    with pytest.raises(Boom):
+        build_real_cache(cfg, ds, bb, CPU, contextlib.nullcontext())
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["chunks_done"] == 5 and not meta["complete"]
+    with pytest.raises(LgmError, match=r"incomplete \(5/16 chunks\)"):
+        RealFeatureCache.open(tmp_path / "c")
+    monkeypatch.undo()
+    logs = []
+    counted = load_backbone("toy_cnn")
+    n_calls = {"n": 0}
+    inner = counted.features
+
+    def counting(x):
+        n_calls["n"] += 1
+        return inner(x)
+
+    counted.features = counting
+    resumed = build_real_cache(cfg, ds, counted, CPU, contextlib.nullcontext(), log=logs.append)
+    assert n_calls["n"] == 16 - 5, "only the missing chunks are computed"
+    assert any("resuming" in m and "chunk 5/16" in m for m in logs)
+    assert torch.equal(resumed.features, reference.features)
+    assert torch.equal(resumed.labels, reference.labels)
+    # A complete cache is not rebuilt.
+    again = build_real_cache(cfg, ds, counted, CPU, contextlib.nullcontext(), log=logs.append)
+    assert n_calls["n"] == 11 and "nothing to do" in logs[-1]
+    assert torch.equal(again.features, reference.features)
+
+
+def test_cache_for_other_settings_is_refused_naming_the_fields(fashion_root, tmp_path):
+    cache = build(fashion_root, out=str(tmp_path / "c"))
+    wanted = dict(cache.key, crop=12, augment=dict(cache.key["augment"], noise_std=0.1))
+    with pytest.raises(LgmError) as info:
+        RealFeatureCache.open(tmp_path / "c", wanted)
+    msg = str(info.value)
+    assert "built for other settings" in msg and "crop: cache has 14, requested 12" in msg and "augment:" in msg
+    assert "backbone" not in msg.split("refusing it:")[1]
+    # Building into the same directory with other settings is refused too, before anything is overwritten.
+    with pytest.raises(LgmError, match=r"views: cache has 2, requested 3"):
+        build(fashion_root, out=str(tmp_path / "c"), views=3)
+    # And a distillation run naming it with another crop.
+    with pytest.raises(LgmError, match=r"crop: cache has 14, requested 12"):
+        distill("fashion-mnist", "toy_cnn", data_root=str(fashion_root), **{**TINY, "crop": 12}, steps=2,
+                real_cache=str(tmp_path / "c"))
+
+
+def test_distill_auto_uses_a_matching_cache_and_records_it(fashion_root, tmp_path):
+    def run(out, **kw):
+        return distill("fashion-mnist", "toy_cnn", out=out, data_root=str(fashion_root), **{**TINY, "steps": 4, **kw})
+
+    live = run(tmp_path / "live")
+    assert json.loads((tmp_path / "live" / "real_side.json").read_text())["mode"] == "live"
+    assert live.meta["real_side"]["requested"] == "auto"
+    root = Path(os.environ["LGM_CACHE_DIR"])
+    assert find_real_cache(dict(build(fashion_root, views=3, per_class=0, batch=1000).key)) is not None
+    cached = run(tmp_path / "auto")
+    side = json.loads((tmp_path / "auto" / "real_side.json").read_text())
+    assert side["mode"] == "standalone" and side["requested"] == "auto"
+    assert Path(side["cache_path"]).parent == root / "real"
+    assert cached.meta["real_side"] == side
+    assert not torch.equal(cached.images, live.images), "another real side, other images"
+    explicit = run(tmp_path / "explicit", real_cache=side["cache_path"], real_features="cached")
+    assert torch.equal(explicit.images, cached.images)
+    forced_live = run(tmp_path / "forced", real_features="live")
+    assert torch.equal(forced_live.images, live.images)
+    # Marking the cache incomplete: auto falls back to live.
+    meta_path = Path(side["cache_path"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "complete": False}))
+    assert torch.equal(run(tmp_path / "fallback").images, live.images)
+
+
+def test_cache_features_command(fashion_root, tmp_path, capsys):
+    args = ["cache-features", "--dataset", "fashion-mnist", "--backbone", "toy_cnn", "--views", "2", "--res", "16",
+            "--crop", "14", "--per-class", "3", "--data-root", str(fashion_root), "--device", "cpu",
+            "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.parent == tmp_path / "cache" / "real"
+    assert RealFeatureCache.open(path).features.shape == (60, 32)
+    assert main(args[:-2] + ["--out", str(path), "--views", "4"]) == 2
+    assert "views: cache has 2, requested 4" in capsys.readouterr().err
