@@ -273,16 +273,53 @@ def test_joint_resume_after_interruption_equals_uninterrupted(fashion_root, tmp_
 
 # -- command line, evaluation ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def registered_toys():
-    names = []
-    for name, size, dim, seed in (("test_toy_a", None, 32, 0), ("test_toy_fixed24", 24, 12, 1)):
+TEST_TOYS = (("test_toy_a", None, 32, 0), ("test_toy_fixed24", 24, 12, 1))
+
+
+def register_test_toys() -> list[str]:
+    """Two toy variants in the registry, so that the command line can name them (also in a subprocess)."""
+    for name, size, dim, seed in TEST_TOYS:
         template = toy_variant(name, size, dim, seed)
         register_backbone(BackboneEntry(template.info, lambda r, w, s, t=template: t.model, always_random=True))
-        names.append(name)
+    return [t[0] for t in TEST_TOYS]
+
+
+@pytest.fixture
+def registered_toys():
+    names = register_test_toys()
     yield names
     for name in names:
         BACKBONES._items.pop(name, None)
+
+
+def test_killed_joint_run_resumes_bit_identical(fashion_root, tmp_path, registered_toys):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_distill import _wait_for
+
+    steps, out = 600, tmp_path / "killed"
+    script = ("import sys; from tests.test_joint import register_test_toys; register_test_toys(); "
+              "from lgm.cli import main; sys.exit(main(sys.argv[1:]))")
+    settings = dict(res=16, crop=14, augs=2, checkpoint_every=20, backbone_schedule="sample")
+    cmd = [sys.executable, "-c", script, "distill", "--dataset", "fashion-mnist", "--backbone", ",".join(registered_toys),
+           "--data-root", str(fashion_root), "--steps", str(steps), "--res", "16", "--crop", "14", "--augs", "2",
+           "--checkpoint-every", "20", "--backbone-schedule", "sample", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "checkpoint.json")
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert not (out / "distilled.safetensors").exists(), "run finished before it could be killed"
+    names = list(registered_toys)
+    resumed = distill("fashion-mnist", names, out=out, data_root=str(fashion_root), steps=steps, progress=False,
+                      **settings)
+    reference = distill("fashion-mnist", names, data_root=str(fashion_root), steps=steps, progress=False, **settings)
+    assert torch.equal(resumed.images, reference.images)
+    assert [r["step"] for r in RunDir(out).read_metrics()] == list(range(steps))
 
 
 def test_merge_repeated_backbone_flags():
