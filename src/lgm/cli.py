@@ -18,7 +18,10 @@ from lgm.errors import LgmError
 
 @dataclass(frozen=True)
 class DistillCommand:
-    """Distill a dataset into ipc synthetic images per class for a frozen backbone.
+    """Distill a dataset into ipc synthetic images per class for a frozen backbone (or several, jointly).
+
+    Several backbones (--backbone A --backbone B, or --backbone A,B) distill one
+    set matched on all of them (--backbone-weights, --backbone-schedule).
 
     Re-running the same command on the same --out resumes from the last
     checkpoint; a finished run is not redone.
@@ -136,7 +139,33 @@ def _run(cmd) -> int:
     return 0
 
 
+def merge_repeated_flag(argv: list[str], flag: str = "--backbone") -> list[str]:
+    """``--backbone A --backbone B`` -> ``--backbone A B``: argparse would silently keep only the last one."""
+    hits = [a for a in argv if a == flag or a.startswith(flag + "=")]
+    if len(hits) < 2:
+        return argv
+    out, values, first, i = [], [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag or a.startswith(flag + "="):
+            if first is None:
+                first = len(out)
+                out.append(flag)
+            i += 1
+            if a != flag:
+                values.append(a.split("=", 1)[1])
+                continue
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out[: first + 1] + values + out[first + 1:]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = merge_repeated_flag(list(sys.argv[1:] if argv is None else argv))
     cmd = tyro.extras.subcommand_cli_from_dict(
         {
             "distill": DistillCommand,

@@ -19,6 +19,11 @@ from lgm.synthetic.pyramid import default_grow_every, num_levels_for
 RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad_checkpointing", "real_cache",
                     "cache_dir", "compile")
 
+# Keys of joint multi-backbone runs. A single-backbone config leaves them out of
+# its JSON and hash while they hold their defaults, so configs (and hashes) of
+# single-backbone runs made before joint distillation existed are unchanged.
+JOINT_KEYS = ("backbone_weights", "backbone_schedule")
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -26,8 +31,8 @@ class DistillConfig:
 
     dataset: str
     """Dataset name (see `lgm datasets`)."""
-    backbone: str
-    """Backbone name (see `lgm backbones`)."""
+    backbone: str | tuple[str, ...]
+    """Backbone name (see `lgm backbones`); several (repeat the flag, or a comma list) for joint distillation."""
     ipc: int = 1
     """Synthetic images per class."""
     steps: int = 5000
@@ -102,6 +107,38 @@ class DistillConfig:
     """Steps between checkpoints (a checkpoint is also written on SIGTERM/SIGINT and at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    backbone_weights: tuple[float, ...] = ()
+    """Joint runs: weight of each backbone's cosine distance in the meta loss (default: equal), in --backbone order."""
+    backbone_schedule: Literal["all", "sample"] = "all"
+    """Joint runs: every backbone every step (all), or one per step drawn with probability ~ its weight (sample)."""
+
+    def __post_init__(self) -> None:
+        # Normal form: one name stays a string (as before joint runs existed); a list, a tuple or a
+        # comma list of names becomes a tuple (a joint run, even of one backbone).
+        bb = self.backbone
+        if isinstance(bb, str) and "," in bb:
+            bb = tuple(n.strip() for n in bb.split(",") if n.strip())  # "B," is a joint run of one
+        elif isinstance(bb, list):
+            bb = tuple(bb)
+        object.__setattr__(self, "backbone", bb)
+        if isinstance(self.backbone_weights, (list, tuple)):
+            object.__setattr__(self, "backbone_weights", tuple(float(w) for w in self.backbone_weights))
+
+    @property
+    def backbones(self) -> tuple[str, ...]:
+        """The backbone name(s), always as a tuple."""
+        return (self.backbone,) if isinstance(self.backbone, str) else self.backbone
+
+    @property
+    def joint(self) -> bool:
+        """A joint run: the backbone was given as a list (of any length)."""
+        return not isinstance(self.backbone, str)
+
+    def loss_weights(self) -> tuple[float, ...]:
+        """Each backbone's share of the meta loss (normalized to sum 1)."""
+        raw = self.backbone_weights or (1.0,) * len(self.backbones)
+        total = sum(raw)
+        return tuple(w / total for w in raw)
 
     def resolved(self) -> "DistillConfig":
         """The same config with automatic values filled in."""
@@ -135,11 +172,42 @@ class DistillConfig:
                             "over a feature cache)")
         if self.real_cache is not None and self.real_features == "live":
             problems.append("--real-cache names a feature cache but --real-features is live; use cached or auto")
+        problems += self._joint_problems()
         if problems:
             raise LgmError("invalid distillation settings:\n  " + "\n  ".join(problems))
 
+    def _joint_problems(self) -> list[str]:
+        import math
+
+        problems = []
+        names = self.backbones
+        if not names or any(not n for n in names):
+            problems.append(f"--backbone needs one or more non-empty names, got {self.backbone!r}")
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            problems.append(f"--backbone names {', '.join(dups)} more than once; each backbone may appear once")
+        weights = self.backbone_weights
+        if weights:
+            if len(weights) != len(names):
+                problems.append(f"--backbone-weights has {len(weights)} value(s) for {len(names)} backbone(s) "
+                                f"({', '.join(names)}); give one weight per backbone, in --backbone order")
+            bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
+            if bad:
+                problems.append(f"--backbone-weights must be finite and non-negative, got {list(weights)}")
+            elif not sum(weights) > 0:
+                problems.append(f"--backbone-weights must have a positive sum, got {list(weights)}")
+        if self.weights is not None and len(names) > 1:
+            problems.append(f"--weights names one file but {len(names)} backbones are given; a joint run uses each "
+                            "backbone's installed/cached weights")
+        return problems
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.joint:
+            for key in JOINT_KEYS:
+                if d[key] == JOINT_DEFAULTS[key]:
+                    d.pop(key)
+        return d
 
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (run-control keys dropped)."""
@@ -164,3 +232,6 @@ class DistillConfig:
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+JOINT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in JOINT_KEYS}

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,8 @@ class Generators:
     aug: torch.Generator
     real: torch.Generator
     views: torch.Generator
+    extra: dict[str, torch.Generator] = field(default_factory=dict)
+    """Generators of optional features (joint runs: per-backbone heads, the backbone schedule)."""
 
     @classmethod
     def from_seed(cls, seed: int, device: torch.device) -> "Generators":
@@ -76,15 +78,18 @@ class Generators:
         return cls(**gens)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).get_state() for name in GENERATOR_NAMES}
+        states = {name: getattr(self, name).get_state() for name in GENERATOR_NAMES}
+        return states | {name: g.get_state() for name, g in self.extra.items()}
 
     def load_state_tensors(self, states: dict[str, torch.Tensor]) -> None:
-        missing = [n for n in GENERATOR_NAMES if n not in states]
+        missing = [n for n in (*GENERATOR_NAMES, *self.extra) if n not in states]
         if missing:
             raise LgmError(f"the checkpoint lacks generator state(s) {', '.join(missing)} (written by an older lgm); "
                            "start a new run directory")
         for name in GENERATOR_NAMES:
             getattr(self, name).set_state(states[name].cpu())
+        for name, g in self.extra.items():
+            g.set_state(states[name].cpu())
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
@@ -144,7 +149,7 @@ def distill_step(
 
 def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone: Backbone, g_real: torch.Tensor,
                        w: torch.Tensor, b: torch.Tensor, views: ViewAugmenter, step_seed: int, chunk: int,
-                       autocast) -> torch.Tensor:
+                       autocast, scale: float = 1.0) -> torch.Tensor:
     """Meta loss of the synthetic views; its gradient is accumulated into the synthetic parameters.
 
     With ``chunk`` smaller than the number of views the gradient is still exact:
@@ -152,14 +157,16 @@ def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone
     depends on the views only through those features, so its gradient w.r.t.
     them (cheap, closed-form head) is formed once; then each chunk is re-run
     with a graph and backpropagated with its slice of that gradient. At most
-    ``chunk`` views hold activations at any time.
+    ``chunk`` views hold activations at any time. The gradient accumulated is
+    that of ``scale`` times the loss (joint runs: the backbone's share); the
+    loss returned is unscaled.
     """
     m = view_labels.shape[0]
     if chunk <= 0 or chunk >= m:
         with autocast:
             z = backbone.features(views.views(syn.render(), 0, m, step_seed))
         loss = meta_loss(g_real, head_gradient(z.to(w.dtype), view_labels, w, b))
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         return loss.detach()
     bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
     with torch.no_grad():
@@ -168,7 +175,7 @@ def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone
             z = torch.cat([backbone.features(views.views(images, s, e, step_seed)).to(w.dtype) for s, e in bounds])
     z.requires_grad_(True)
     loss = meta_loss(g_real, head_gradient(z, view_labels, w, b))
-    (dz,) = torch.autograd.grad(loss, z)
+    (dz,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, z)
     for s, e in bounds:
         with autocast:
             z_chunk = backbone.features(views.views(syn.render(), s, e, step_seed))
@@ -290,7 +297,7 @@ def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: R
 
 def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
                     run: RunDir | None, choice: RealSideChoice | None = None,
-                    cache=None) -> LiveReal | CachedReal:
+                    cache=None, cache_name: str = "real_features.safetensors") -> LiveReal | CachedReal:
     aug_cfg = _aug_config(cfg)
     if choice is None:
         choice, cache = resolve_real_side(cfg, ds, backbone, run)
@@ -298,7 +305,7 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
         return LiveReal(ds.train, cfg.res, cfg.crop, aug_cfg, backbone, device, autocast)
     if choice.mode == "standalone":
         return CachedReal(cache.features, cache.labels, device)
-    cache_path = run.path / "real_features.safetensors" if run is not None else None
+    cache_path = run.path / cache_name if run is not None else None
     if cache_path is not None and cache_path.is_file():
         tensors = load_tensors(cache_path)
         return CachedReal(tensors["features"], tensors["labels"], device)
@@ -324,6 +331,15 @@ def init_from_real(syn: SyntheticImages, ds: ImageDataset, cfg: DistillConfig, d
     return idx.tolist()
 
 
+def joint_meta(backbones: list[Backbone], cfg: DistillConfig) -> dict:
+    """Artifact fields of a joint run: every backbone (name, weights used, loss weight) and the schedule."""
+    from lgm.joint import JointSummary
+
+    summary = JointSummary.of(backbones, cfg)
+    return {"backbone": summary.names, "backbones": summary.entries, "backbone_schedule": cfg.backbone_schedule,
+            "random_init": any(bb.random_init for bb in backbones)}
+
+
 def _aug_config(cfg: DistillConfig) -> AugmentConfig:
     return AugmentConfig(kind=cfg.aug, clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean)
 
@@ -334,7 +350,7 @@ def _log(msg: str) -> None:
 
 def distill(
     dataset: str | ImageDataset,
-    backbone: str | Backbone,
+    backbone: str | Backbone | list[str | Backbone],
     config: DistillConfig | None = None,
     out: str | Path | None = None,
     **overrides,
@@ -342,13 +358,18 @@ def distill(
     """Distill ``dataset`` into ``config.ipc`` images per class for ``backbone``.
 
     ``dataset`` and ``backbone`` are registry names or already-built objects;
-    ``out`` is a run directory (created, resumed, or returned as is when
-    finished). Keyword overrides replace config fields, e.g. ``steps=200``.
-    Started by torchrun (WORLD_SIZE > 1), the process joins the group and does
-    its share of every step (``lgm.distributed``); only rank 0 writes ``out``.
+    a list of backbones distills one set for all of them jointly (see
+    ``lgm.joint``). ``out`` is a run directory (created, resumed, or returned
+    as is when finished). Keyword overrides replace config fields, e.g.
+    ``steps=200``. Started by torchrun (WORLD_SIZE > 1), a single-backbone run
+    joins the process group and does its share of every step
+    (``lgm.distributed``); only rank 0 writes ``out``.
     """
+    from lgm import joint
+
     ds_name = dataset if isinstance(dataset, str) else dataset.name
-    bb_name = backbone if isinstance(backbone, str) else backbone.name
+    bb_name = (tuple(joint.spec_name(b) for b in backbone) if isinstance(backbone, (list, tuple))
+               else backbone if isinstance(backbone, str) else backbone.name)
     if config is None:
         config = DistillConfig(dataset=ds_name, backbone=bb_name, **overrides)
     elif overrides:
@@ -360,7 +381,10 @@ def distill(
     # Unknown names fail before a run directory is created.
     if isinstance(dataset, str):
         check_dataset_name(cfg.dataset)
-    if isinstance(backbone, str):
+    if cfg.joint:  # unknown names and missing weights of every backbone, before any work
+        specs = joint.backbone_specs(backbone, cfg)
+        joint.check_backbones(specs, cfg)
+    elif isinstance(backbone, str):
         BACKBONES.get(cfg.backbone)
 
     run = RunDir(Path(out)) if out is not None else None
@@ -375,9 +399,16 @@ def distill(
             return DistilledSet.load(run.path)
 
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image) if isinstance(dataset, str) else dataset
-    bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
-                        grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
-          else backbone.to(device))
+    if cfg.joint:
+        if shard.active:
+            raise LgmError("joint multi-backbone distillation runs in one process; start it without torchrun "
+                           "(or with --nproc-per-node 1)")
+        bbs = joint.load_backbones(specs, cfg, device)
+        bb = bbs[0]
+    else:
+        bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
+                            grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
+              else backbone.to(device))
     choice = shard.run_on_main(lambda: resolve_real_side(cfg, ds, bb, run)[0])
     n_real = real_batch_size(cfg, ds.num_classes)
     if choice.mode == "live" and n_real > len(ds.train):
@@ -391,6 +422,8 @@ def distill(
         raise LgmError(f"{shard.world_size} processes for {n_views} synthetic views; start at most {n_views}")
 
     gens = Generators.from_seed(cfg.seed, device)
+    if cfg.joint:
+        joint.add_generators(gens, cfg, device)
     syn = make_synthetic(cfg.param, ds.num_classes * cfg.ipc, cfg.res, cfg.decorrelate, gens.init,
                          cfg.grow_every).to(device)
     syn_labels = torch.arange(ds.num_classes, device=device).repeat_interleave(cfg.ipc)
@@ -410,15 +443,19 @@ def distill(
         writer.open_metrics(keep_before=start)
 
     autocast = autocast_context(cfg, device)
-    bb = speed_up_backbone(bb, cfg, device)
-    real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
-    if writer is not None:
-        atomic_write_json(writer.path / REAL_SIDE_FILE, choice.to_dict())
-    if choice.mode == "standalone" and shard.is_main:
-        _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
+    if cfg.joint:
+        bbs = [speed_up_backbone(b, cfg, device) for b in bbs]
+        real = joint.build_joint_real(cfg, ds, bbs, device, autocast, run)
+    else:
+        bb = speed_up_backbone(bb, cfg, device)
+        real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
+        if writer is not None:
+            atomic_write_json(writer.path / REAL_SIDE_FILE, choice.to_dict())
+        if choice.mode == "standalone" and shard.is_main:
+            _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
     views = ViewAugmenter(_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
-    pending: list[tuple[int, torch.Tensor, int]] = []
+    pending: list[tuple[int, torch.Tensor, int, dict[str, torch.Tensor]]] = []
     good_step = start
 
     def checkpoint(step: int) -> None:
@@ -431,7 +468,11 @@ def distill(
         if not pending:
             return
         losses = torch.stack([p[1] for p in pending]).float().cpu().tolist()
-        for (step, _, levels), loss in zip(pending, losses):
+        part_values = iter(torch.stack([v for p in pending for v in p[3].values()]).float().cpu().tolist()
+                           if any(p[3] for p in pending) else [])
+        for (step, _, levels, parts), loss in zip(pending, losses):
+            row = {"step": step, "loss": loss, "levels": levels, "seconds": round(elapsed, 3)}
+            row |= {joint.metric_key(name): next(part_values) for name in parts}
             if not torch.isfinite(torch.tensor(loss)):
                 pending.clear()
                 where = f"; the last good checkpoint (step {good_step}) is kept in {run.path}" if run else ""
@@ -440,7 +481,7 @@ def distill(
                     "if mixed precision is on; re-running resumes from the checkpoint."
                 )
             if writer is not None:
-                writer.log_metrics({"step": step, "loss": loss, "levels": levels, "seconds": round(elapsed, 3)})
+                writer.log_metrics(row)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", levels=pending[-1][2], refresh=False)
         pending.clear()
 
@@ -456,8 +497,12 @@ def distill(
                     shard.broadcast_params_(list(syn.parameters()))
                     optimizer = regrow_optimizer(optimizer, syn, cfg)
                 try:
-                    loss = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg, views,
-                                        autocast, shard)
+                    if cfg.joint:
+                        loss, parts = joint.joint_step(syn, syn_labels, ds.num_classes, bbs, real, optimizer, gens,
+                                                       cfg, views, autocast)
+                    else:
+                        loss, parts = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg,
+                                                   views, autocast, shard), {}
                 except torch.OutOfMemoryError:
                     in_flight = cfg.chunk or cfg.augs * len(syn_labels)
                     raise LgmError(
@@ -465,7 +510,7 @@ def distill(
                         f"--chunk {max(1, in_flight // 2)} (the step stays exact; the run resumes from step "
                         f"{good_step})") from None
                 elapsed += time.perf_counter() - t0
-                pending.append((step, loss, syn.levels))
+                pending.append((step, loss, syn.levels, parts))
                 bar.update(1)
                 done = step + 1
                 at_sync = done % sync_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps
@@ -499,6 +544,7 @@ def distill(
             "dataset": ds.name,
             "backbone": bb.name,
             "random_init": bool(bb.random_init),
+            **(joint_meta(bbs, cfg) if cfg.joint else {}),
             "ipc": cfg.ipc,
             "config": cfg.to_dict(),
             "config_hash": cfg.hash(),

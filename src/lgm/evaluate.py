@@ -207,6 +207,14 @@ def check_artifact(artifact: DistilledSet, ds: ImageDataset, where: str) -> None
         raise LgmError(f"{where}: images contain NaN or infinite values")
 
 
+def distilled_with(artifact: DistilledSet) -> tuple:
+    """The backbone(s) an artifact was made with: one name, or every backbone of a joint run (empty: unknown)."""
+    own = artifact.meta.get("backbone")
+    if isinstance(own, list):
+        return tuple(own)
+    return (own,) if own else ()
+
+
 def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print) -> dict:
     """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
     from lgm.backbones import load_backbone
@@ -224,7 +232,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
                                              align_corners=False, antialias=True) \
         if artifact.images.shape[-1] != res else artifact.images
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
-    backbones = cfg.backbone or (artifact.meta.get("backbone"),)
+    backbones = cfg.backbone or distilled_with(artifact)
     if not all(backbones):
         raise LgmError(f"{where} does not record its backbone; pass --backbone")
     results = {}
@@ -345,12 +353,15 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
     for src in sources:
         artifact = DistilledSet.load(Path(src))
         results = evaluate_artifact(artifact, cfg, where=src, log=log)
-        source_bb = artifact.meta.get("backbone")
+        # A joint artifact (distilled with several backbones) has a same-model entry on each of them.
+        own = distilled_with(artifact)
         accs = {name: r["top1"]["mean"] for name, r in results.items()}
-        cross = [a for name, a in accs.items() if name != source_bb]
-        rows.append({"artifact": src, "distilled_with": source_bb, "top1": accs,
+        cross = [a for name, a in accs.items() if name not in own]
+        same = [accs[name] for name in own if name in accs]
+        rows.append({"artifact": src, "distilled_with": artifact.meta.get("backbone"), "top1": accs,
                      "std": {name: r["top1"]["std"] for name, r in results.items()},
-                     "same_model": accs.get(source_bb), "cross_model_mean": statistics.fmean(cross) if cross else None})
+                     "same_model": (same[0] if len(own) == 1 else statistics.fmean(same)) if same else None,
+                     "cross_model_mean": statistics.fmean(cross) if cross else None})
     matrix = {"backbones": list(cfg.backbone), "rows": rows, "protocol": dataclasses.asdict(cfg.probe()) | {"repeats": cfg.repeats}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "crossmodel.json", matrix)
@@ -358,12 +369,15 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
     csv = [",".join(header)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        own = r["distilled_with"] if isinstance(r["distilled_with"], list) else [r["distilled_with"]]
+        label = "+".join(map(str, own))
         cells = [f"{r['top1'][b] * 100:.1f}" for b in cfg.backbone]
         cross = "" if r["cross_model_mean"] is None else f"{r['cross_model_mean'] * 100:.1f}"
-        csv.append(",".join([r["artifact"], str(r["distilled_with"]), *cells, cross]))
-        marked = [f"**{c}**" if b == r["distilled_with"] else c for b, c in zip(cfg.backbone, cells)]
-        md.append("| " + " | ".join([r["artifact"], str(r["distilled_with"]), *marked, cross]) + " |")
+        csv.append(",".join([r["artifact"], label, *cells, cross]))
+        marked = [f"**{c}**" if b in own else c for b, c in zip(cfg.backbone, cells)]
+        md.append("| " + " | ".join([r["artifact"], label, *marked, cross]) + " |")
     atomic_write_text(out / "crossmodel.csv", "\n".join(csv) + "\n")
     atomic_write_text(out / "crossmodel.md", "\n".join(md) + "\n\nBold: same-model entry (the evaluating backbone "
-                      "is the one the artifact was distilled with). Top-1 %, mean over repeats.\n")
+                      "is one the artifact was distilled with; a joint set has one per distilling backbone). Top-1 %, mean over "
+                      "repeats; the cross-model mean leaves every same-model entry out.\n")
     return matrix

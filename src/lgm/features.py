@@ -43,14 +43,21 @@ class LiveReal:
     def gradient(self, w: torch.Tensor, b: torch.Tensor, n: int, sample_gen: torch.Generator,
                  aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> torch.Tensor:
         """Head gradient of n sampled real images; ``sample_gen`` (CPU) draws the images and the views' seed."""
+        x, y = self.sample_views(n, sample_gen, shard)
+        with torch.no_grad(), self.autocast:
+            z = self.backbone.features(x)
+        return _mean_gradient(z, y, w, b, min(n, len(self.split)), shard)
+
+    def sample_views(self, n: int, sample_gen: torch.Generator, shard: Shard = SINGLE
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of a step's n augmented real views and their labels (one draw from ``sample_gen``)."""
         idx = torch.randperm(len(self.split), generator=sample_gen)[:n]
         step_seed = int(torch.randint(0, 2**62, (1,), generator=sample_gen))
         s, e = shard.bounds(idx.numel())
         mine = idx[s:e].to(self.device, non_blocking=True)
         x = self.split.load(mine, self.resolution, self.device)
-        with torch.no_grad(), self.autocast:
-            z = self.backbone.features(self.views.augment_range(x, s, step_seed))
-        return _mean_gradient(z, self.split.labels[mine], w, b, idx.numel(), shard)
+        with torch.no_grad():
+            return self.views.augment_range(x, s, step_seed), self.split.labels[mine]
 
 
 class CachedReal:
