@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -280,6 +281,11 @@ def distill(
     pending: list[tuple[int, torch.Tensor, int]] = []
     good_step = start
 
+    def snapshot(step: int) -> None:
+        if run is not None and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+            with torch.no_grad():  # rendering draws no random numbers: the run is unchanged
+                run.save_snapshot(step, syn.render())
+
     def checkpoint(step: int) -> None:
         nonlocal good_step
         if run is not None:
@@ -307,6 +313,8 @@ def distill(
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc="distill", unit="step",
                dynamic_ncols=True, file=sys.stderr)
+    if start == 0:
+        snapshot(0)
     with StopSignals() as stop:
         try:
             for step in range(start, cfg.steps):
@@ -328,6 +336,7 @@ def distill(
                 done = step + 1
                 if done % sync_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.signal:
                     flush(bar)
+                snapshot(done)
                 if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                     checkpoint(done)
                 if stop.signal and done < cfg.steps:
@@ -358,6 +367,7 @@ def distill(
             "steps_done": cfg.steps,
             "init_indices": init_indices,
             "seconds": round(elapsed, 3),
+            "command_line": shlex.join(sys.argv),
         },
     )
     if run is not None:

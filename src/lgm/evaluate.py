@@ -333,6 +333,7 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
         cross = [a for name, a in accs.items() if name != source_bb]
         rows.append({"artifact": src, "distilled_with": source_bb, "top1": accs,
                      "std": {name: r["top1"]["std"] for name, r in results.items()},
+                     "nn1": {name: r["nn1"] for name, r in results.items()},
                      "same_model": accs.get(source_bb), "cross_model_mean": statistics.fmean(cross) if cross else None})
     matrix = {"backbones": list(cfg.backbone), "rows": rows, "protocol": dataclasses.asdict(cfg.probe()) | {"repeats": cfg.repeats}}
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,127 @@
+"""Analysis (SPEC §8): alignment, correlation, PCA, neighbours, export, report, ablation, on toy data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lgm.analysis.alignment import alignment_matrix, knn_indices, knn_overlap, mutual_knn
+from lgm.analysis.transfer import (alignment_vs_transfer, normalize_columns, off_diagonal_pairs, pearson, ranks,
+                                   spearman, transfer_matrix)
+from lgm.errors import LgmError
+
+
+def random_features(n, d, seed):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------- mutual k-NN
+
+
+def test_mutual_knn_is_one_for_identical_and_rotated_scaled_embeddings():
+    a = random_features(300, 16, 0)
+    assert mutual_knn(a, a.clone(), k=10) == 1.0
+    q, _ = torch.linalg.qr(random_features(16, 16, 1))
+    scale = torch.rand(300, 1, generator=torch.Generator().manual_seed(2)) + 0.5
+    # Rotation and per-sample scaling keep cosine neighbours: still 1.
+    assert mutual_knn(a, (a @ q) * scale, k=10) == pytest.approx(1.0)
+
+
+def test_mutual_knn_of_independent_embeddings_is_about_k_over_n():
+    n, k = 400, 10
+    values = [mutual_knn(random_features(n, 32, s), random_features(n, 32, 100 + s), k) for s in range(3)]
+    expected = k / (n - 1)
+    assert all(0.3 * expected < v < 3 * expected for v in values), (values, expected)
+    # Related embeddings (shared component) are clearly more aligned than chance.
+    base = random_features(n, 32, 7)
+    related = mutual_knn(base + 0.3 * random_features(n, 32, 8), base + 0.3 * random_features(n, 32, 9), k)
+    assert related > 10 * expected
+
+
+def test_mutual_knn_is_symmetric_and_matrix_is_consistent():
+    a, b, c = random_features(200, 8, 0), random_features(200, 12, 1), random_features(200, 4, 2)
+    b = b + torch.cat([a, a[:, :4]], 1)  # partly aligned with a
+    assert mutual_knn(a, b, 5) == mutual_knn(b, a, 5)
+    m = alignment_matrix({"a": a, "b": b, "c": c}, k=5)
+    assert [m[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert all(m[i][j] == m[j][i] for i in range(3) for j in range(3))
+    assert m[0][1] == pytest.approx(mutual_knn(a, b, 5)) and m[0][1] > m[0][2]
+
+
+def test_knn_excludes_self_and_overlap_counts_by_hand():
+    # Points on a line: neighbours of 0 are 1 then 2 (never itself, even though cos(x, x) is the largest).
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.3], [0.0, 1.0]])
+    idx = knn_indices(x, 2)
+    assert idx[0].tolist() == [1, 2] and all(i not in row for i, row in enumerate(idx.tolist()))
+    ia = torch.tensor([[1, 2], [0, 2], [1, 0]])
+    ib = torch.tensor([[2, 1], [2, 1], [0, 2]])
+    assert knn_overlap(ia, ib).tolist() == [1.0, 0.5, 0.5]
+    with pytest.raises(LgmError, match="k must be"):
+        knn_indices(x, 4)
+
+
+# ----------------------------------------------------------------------------------------------- correlation
+
+
+def test_pearson_and_spearman_by_hand():
+    # deviations (-2,-1,0,1,2) and (-1,-2,1,0,2): sxy = 8, sxx = syy = 10 -> r = 0.8;
+    # ranks equal values, sum d^2 = 4 -> rho = 1 - 6*4 / (5*24) = 0.8.
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    assert pearson(x, y) == pytest.approx(0.8)
+    assert spearman(x, y) == pytest.approx(0.8)
+    assert pearson(x, [10 - v for v in x]) == pytest.approx(-1.0)
+    assert ranks([1, 2, 2, 3]) == [1, 2.5, 2.5, 4]
+    # Spearman is rank-based: a monotone transform does not change it, it does change Pearson.
+    assert spearman(x, [v ** 3 for v in y]) == pytest.approx(0.8)
+    assert pearson(x, [v ** 3 for v in y]) != pytest.approx(0.8)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def hand_tables(tmp_path):
+    cross = {"backbones": ["X", "Y", "Z"], "rows": [
+        {"artifact": "rx", "distilled_with": "X", "nn1": {"X": 0.8, "Y": 0.4, "Z": 0.3}, "top1": {}},
+        {"artifact": "ry", "distilled_with": "Y", "nn1": {"X": 0.6, "Y": 0.5, "Z": 0.25}, "top1": {}},
+        {"artifact": "rz", "distilled_with": "Z", "nn1": {"X": 0.2, "Y": 0.45, "Z": 0.6}, "top1": {}},
+    ]}
+    align = {"kind": "alignment", "backbones": ["Z", "Y", "X"], "k": 10,  # another order on purpose
+             "matrix": [[1.0, 0.4, 0.2], [0.4, 1.0, 0.3], [0.2, 0.3, 1.0]]}
+    (tmp_path / "crossmodel.json").write_text(json.dumps(cross))
+    (tmp_path / "alignment.json").write_text(json.dumps(align))
+    return cross, align
+
+
+def test_normalized_transfer_and_correlation_on_a_hand_built_table(tmp_path):
+    cross, align = hand_tables(tmp_path)
+    names, raw = transfer_matrix(cross)
+    norm = normalize_columns(raw)
+    # Column X / 0.8, column Y / 0.5, column Z / 0.6.
+    assert norm[1][0] == pytest.approx(0.75) and norm[2][0] == pytest.approx(0.25)
+    assert norm[0][1] == pytest.approx(0.8) and norm[2][1] == pytest.approx(0.9)
+    assert norm[0][2] == pytest.approx(0.5) and norm[1][2] == pytest.approx(0.25 / 0.6)
+    assert norm[0][0] is None
+    pairs = off_diagonal_pairs(names, norm, align["backbones"], align["matrix"])
+    assert [(a, b, y) for a, b, _, y in pairs] == [("X", "Y", 0.3), ("X", "Z", 0.2), ("Y", "X", 0.3),
+                                                   ("Y", "Z", 0.4), ("Z", "X", 0.2), ("Z", "Y", 0.4)]
+    r = alignment_vs_transfer(tmp_path / "crossmodel.json", tmp_path / "alignment.json")
+    # Reference values (scipy.stats.pearsonr / spearmanr on the six pairs above).
+    assert r["pearson"] == pytest.approx(0.501994278919025)
+    assert r["spearman"] == pytest.approx(0.4780914437337575)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    xs, ys = [p[2] for p in pairs], [p[3] for p in pairs]
+    assert r["pearson"] == pytest.approx(scipy_stats.pearsonr(xs, ys).statistic)
+    assert r["spearman"] == pytest.approx(scipy_stats.spearmanr(xs, ys).statistic)
+    md = (tmp_path / "alignment_vs_transfer.md").read_text()
+    assert "75.0" in md and "Pearson r = 0.502" in md
+
+
+def test_alignment_vs_transfer_names_bad_inputs(tmp_path):
+    hand_tables(tmp_path)
+    old = {"backbones": ["X"], "rows": [{"artifact": "a", "distilled_with": "X", "top1": {"X": 0.5}}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(LgmError, match="lack 'nn1'"):
+        alignment_vs_transfer(tmp_path / "old.json", tmp_path / "alignment.json")
+    with pytest.raises(LgmError, match="not an alignment.json"):
+        alignment_vs_transfer(tmp_path / "crossmodel.json", tmp_path / "crossmodel.json")
