@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,133 @@ def test_alignment_vs_transfer_names_bad_inputs(tmp_path):
         alignment_vs_transfer(tmp_path / "old.json", tmp_path / "alignment.json")
     with pytest.raises(LgmError, match="not an alignment.json"):
         alignment_vs_transfer(tmp_path / "crossmodel.json", tmp_path / "crossmodel.json")
+
+
+# ----------------------------------------------------------------------------------------------- run fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_run(fashion_root, tmp_path_factory):
+    """A finished 6-step toy run with snapshots every 2 steps (and its distillation twin without them)."""
+    from lgm.distillation import distill
+    from tests.conftest import TINY
+
+    base = tmp_path_factory.mktemp("runs")
+    settings = {**TINY, "steps": 6, "data_root": str(fashion_root), "device": "cpu"}
+    with_snaps = distill("fashion-mnist", "toy_cnn", out=base / "snap", snapshot_every=2, **settings)
+    plain = distill("fashion-mnist", "toy_cnn", out=base / "plain", **settings)
+    return base / "snap", with_snaps, plain
+
+
+def test_snapshots_do_not_change_the_run_or_its_hash(tiny_run):
+    from lgm.config import DistillConfig
+    from lgm.rundir import read_snapshots
+
+    path, with_snaps, plain = tiny_run
+    assert torch.equal(with_snaps.images, plain.images)
+    assert with_snaps.meta["config_hash"] == plain.meta["config_hash"]
+    cfg = DistillConfig("d", "b")
+    assert cfg.hash() == DistillConfig("d", "b", snapshot_every=5).hash()
+    snaps = read_snapshots(path)
+    assert [s for s, _ in snaps] == [0, 2, 4, 6]
+    assert all(x.dtype == torch.uint8 and x.shape == (10, 3, 16, 16) for _, x in snaps)
+    # The last snapshot is the result, quantised.
+    assert torch.allclose(snaps[-1][1].float() / 255, with_snaps.images, atol=0.5 / 255 + 1e-6)
+    assert with_snaps.meta["command_line"]
+    with pytest.raises(LgmError, match="snapshot-every"):
+        DistillConfig("d", "b", snapshot_every=-1).validate()
+
+
+def test_export_pngs_and_timelapse_decode(tiny_run, tmp_path):
+    from PIL import Image
+
+    from lgm.cli import main
+
+    path, result, _ = tiny_run
+    assert main(["export", str(path), "--png", str(tmp_path / "png"), "--timelapse", str(tmp_path / "t.gif")]) == 0
+    files = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert "grid.png" in files and "000_T-shirt_top.png" in files and "009_Ankle_boot.png" in files
+    assert len(files) == 11
+    with Image.open(tmp_path / "png" / "003_Dress.png") as im:
+        pix = torch.from_numpy(np.array(im.convert("RGB"))).float() / 255
+    assert torch.allclose(pix.permute(2, 0, 1), result.images[3], atol=0.5 / 255 + 1e-6)
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == 4
+        gif.seek(3)
+        gif.convert("RGB").load()
+
+
+def test_timelapse_without_snapshots_names_the_option(fashion_root, tmp_path):
+    from lgm.analysis.export import export_timelapse
+    from lgm.distillation import distill
+    from tests.conftest import TINY
+
+    distill("fashion-mnist", "toy_cnn", out=tmp_path / "r", data_root=str(fashion_root), device="cpu",
+            **{**TINY, "steps": 2})
+    with pytest.raises(LgmError, match="--snapshot-every"):
+        export_timelapse(tmp_path / "r", tmp_path / "x.gif")
+
+
+# ----------------------------------------------------------------------------------------------- PCA
+
+
+def test_pca_shapes_ordering_and_known_directions():
+    from lgm.analysis.pca import fit_pca
+
+    g = torch.Generator().manual_seed(0)
+    # Variances 9, 4, 1, 0.01 along the coordinate axes.
+    x = torch.randn(2000, 4, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.1]) + 5
+    p = fit_pca(x, 2)
+    assert p.components.shape == (2, 4) and p.transform(x).shape == (2000, 2)
+    assert p.explained_variance[0] > p.explained_variance[1]
+    assert float(p.explained_ratio.sum()) < 1
+    assert p.explained_ratio[0] == pytest.approx(9 / 14.01, abs=0.03)
+    assert abs(float(p.components[0, 0])) > 0.99 and abs(float(p.components[1, 1])) > 0.99
+    assert torch.allclose(p.components @ p.components.t(), torch.eye(2, dtype=torch.float64), atol=1e-10)
+    full = fit_pca(x, 4)
+    assert float(full.explained_ratio.sum()) == pytest.approx(1.0)
+    assert (full.explained_variance[:-1] >= full.explained_variance[1:]).all()
+
+
+def test_centroid_distance_in_class_spreads_by_hand():
+    from lgm.analysis.pca import centroid_distances
+
+    real = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [10.0, 10.0], [12.0, 10.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    # Class 0: centroid 0, every member at distance 1 -> spread 1. Class 1: centroid (11, 10), spread 1.
+    out = centroid_distances(real, labels, torch.tensor([[3.0, 4.0], [11.0, 10.5]]), torch.tensor([0, 1]))
+    assert out[0]["distance_in_spreads"] == pytest.approx(5.0) and out[0]["fraction_of_class_closer"] == 1.0
+    assert out[1]["distance_in_spreads"] == pytest.approx(0.5) and out[1]["fraction_of_class_closer"] == 0.0
+
+
+def test_pca_and_neighbors_commands_write_their_files(tiny_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lgm.cli import main
+
+    path, result, _ = tiny_run
+    cache = str(tmp_path / "cache")
+    assert main(["pca", str(path), "--n", "100", "--device", "cpu", "--cache-dir", cache]) == 0
+    pca = json.loads((path / "analysis" / "pca.json").read_text())
+    assert len(pca["distilled_2d"]) == 10 and len(pca["distilled"]) == 10
+    assert pca["real_images"] == 100
+    r = pca["explained_variance_ratio"]
+    assert r[0] >= r[1] > 0
+    with Image.open(path / "analysis" / "pca.png") as im:
+        assert im.size[0] > 200
+    assert main(["neighbors", str(path), "--device", "cpu", "--cache-dir", cache, "--same-class"]) == 0
+    nb = json.loads((path / "analysis" / "neighbors.json").read_text())
+    assert nb["searched_images"] == 200 and len(nb["pairs"]) == 10
+    assert all(p["same_class"] and -1 <= p["cosine"] <= 1 for p in nb["pairs"])
+    with Image.open(path / "analysis" / "neighbors.png") as im:
+        assert im.size == (10 * 128, 2 * (128 + 14) + 8)
+
+
+def test_nearest_real_by_hand():
+    from lgm.analysis.neighbors import nearest_real
+
+    real = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    rows, sims = nearest_real(torch.tensor([[0.1, 1.0], [3.0, 0.1]]), real)
+    assert rows.tolist() == [1, 0]
+    rows, sims = nearest_real(torch.tensor([[0.1, 1.0]]), real, torch.tensor([1]), torch.tensor([0, 0, 1]))
+    assert rows.tolist() == [2] and float(sims[0]) == pytest.approx(1.1 / (2 ** 0.5 * (1.01 ** 0.5)))

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import tyro
+
 from lgm.errors import LgmError
 
 
@@ -96,9 +98,9 @@ class AlignmentVsTransferCommand:
     """Normalised cross-model 1-NN accuracy (paper's Table 6, left) beside mutual k-NN alignment (right),
     with their Pearson and Spearman correlation over off-diagonal pairs."""
 
-    crossmodel_json: str
+    crossmodel_json: tyro.conf.Positional[str]
     """crossmodel.json written by `lgm crossmodel` (rows distilled with the backbones of its columns)."""
-    align_json: str
+    align_json: tyro.conf.Positional[str]
     """alignment.json written by `lgm align`."""
     metric: str = "nn1"
     """Cross-model metric: nn1 (1-NN accuracy, the paper's) or top1 (linear probe)."""
