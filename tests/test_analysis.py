@@ -256,3 +256,114 @@ def test_nearest_real_by_hand():
     assert rows.tolist() == [1, 0]
     rows, sims = nearest_real(torch.tensor([[0.1, 1.0]]), real, torch.tensor([1]), torch.tensor([0, 0, 1]))
     assert rows.tolist() == [2] and float(sims[0]) == pytest.approx(1.1 / (2 ** 0.5 * (1.01 ** 0.5)))
+
+
+def test_align_command_writes_matrix_files(fashion_root, tmp_path, capsys):
+    from PIL import Image
+
+    from lgm.cli import main
+
+    out = tmp_path / "align"
+    argv = ["align", "--dataset", "fashion-mnist", "--backbones", "toy_cnn", "effnet_lite0", "--random-init",
+            "--k", "5", "--n", "100", "--res", "32", "--crop", "32", "--data-root", str(fashion_root),
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "alignment.json").read_text())
+    assert r["backbones"] == ["toy_cnn", "effnet_lite0"] and r["n"] == 100 and r["k"] == 5
+    m = r["matrix"]
+    assert m[0][0] == m[1][1] == 1.0 and m[0][1] == m[1][0] and 0 <= m[0][1] <= 1
+    assert (out / "alignment.csv").read_text().splitlines()[0] == ",toy_cnn,effnet_lite0"
+    with Image.open(out / "alignment.png") as im:
+        assert im.size[0] > 100
+    assert "| toy_cnn |" in capsys.readouterr().out
+    # The same images again: features come from the store, the matrix is identical.
+    assert main(argv) == 0 and json.loads((out / "alignment.json").read_text())["matrix"] == m
+    assert main(["align", "--dataset", "fashion-mnist", "--backbones", "toy_cnn", "--data-root",
+                 str(fashion_root)]) == 2
+    assert "at least two backbones" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+class PageParser:
+    """Collects tags, attributes and text of an HTML page (html.parser)."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.imgs, self.ids, self.hrefs, self.tags, self.urls = [], set(), [], [], []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                outer.tags.append(tag)
+                if tag == "img":
+                    outer.imgs.append(a.get("src", ""))
+                if "id" in a:
+                    outer.ids.add(a["id"])
+                if tag == "a":
+                    outer.hrefs.append(a.get("href", ""))
+                for k in ("src", "href", "srcset", "poster", "data"):
+                    if k in a and tag != "img":
+                        outer.urls.append(a[k])
+
+        P().feed(text)
+
+
+def check_self_contained(text: str) -> PageParser:
+    import base64
+    import io
+
+    from PIL import Image
+
+    page = PageParser(text)
+    assert "http://" not in text and "https://" not in text
+    for url in page.hrefs + page.urls:  # links stay on disk: relative, no scheme, not protocol-relative
+        assert "://" not in url and not url.startswith("//"), url
+    assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
+    for src in page.imgs:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            im.load()
+            assert im.size[0] > 0 and im.size[1] > 0
+    return page
+
+
+def test_report_is_self_contained_with_every_section(tiny_run, tmp_path):
+    from lgm.analysis.report import SECTIONS
+    from lgm.cli import main
+
+    path, _, _ = tiny_run
+    cache = str(tmp_path / "cache")
+    assert main(["pca", str(path), "--n", "100", "--device", "cpu", "--cache-dir", cache]) == 0
+    assert main(["neighbors", str(path), "--device", "cpu", "--cache-dir", cache]) == 0
+    (path / "eval.json").write_text(json.dumps({"toy_cnn/spec": {
+        "top1": {"mean": 0.4321, "std": 0.01, "values": [0.42, 0.44]}, "top5": {"mean": 0.9, "std": 0.0},
+        "nn1": 0.3}}))
+    cross = tmp_path / "crossmodel.json"
+    cross.write_text(json.dumps({"backbones": ["toy_cnn"], "rows": [
+        {"artifact": str(path), "distilled_with": "toy_cnn", "top1": {"toy_cnn": 0.43}, "nn1": {"toy_cnn": 0.3},
+         "cross_model_mean": None}]}))
+    plain = path.parent / "plain"  # a second run: no analysis, no eval
+    out = tmp_path / "report"
+    assert main(["report", str(path), str(plain), "--out", str(out), "--crossmodel", str(cross)]) == 0
+    text = (out / "snap.html").read_text()
+    page = check_self_contained(text)
+    assert set(SECTIONS) <= page.ids
+    assert len(page.imgs) == 4  # loss curve, grid, PCA, neighbours
+    assert "43.2 ± 1.0" in text and "T-shirt/top" in text and "toy_cnn" in text
+    assert "command line" in text and "lgm version" in text
+    other = check_self_contained((out / "plain.html").read_text())
+    assert set(SECTIONS) <= other.ids and "not computed: lgm pca" in (out / "plain.html").read_text()
+    index = check_self_contained((out / "index.html").read_text())
+    assert index.hrefs == ["snap.html", "plain.html"] and len(index.imgs) == 2
+
+
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
+    from lgm.analysis.report import ReportConfig, write_reports
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LgmError, match="not a run directory"):
+        write_reports((str(tmp_path / "empty"),), ReportConfig(out=str(tmp_path / "r")))

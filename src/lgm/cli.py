@@ -11,6 +11,7 @@ import tyro
 from lgm.analysis.alignment import AlignConfig
 from lgm.analysis.neighbors import NeighborsConfig
 from lgm.analysis.pca import PcaConfig
+from lgm.analysis.report import ReportConfig
 from lgm.analysis.transfer import AlignmentVsTransferCommand
 from lgm.baselines import BaselineConfig
 from lgm.config import DistillConfig
@@ -94,6 +95,16 @@ class ExportCommand:
 
 
 @dataclass(frozen=True)
+class ReportCommand:
+    """Self-contained static HTML reports (images embedded, no network, no JavaScript): one page per run
+    (config, meta-loss curve, images, evaluation, PCA, neighbours, provenance) and index.html across runs."""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories."""
+    config: Annotated[ReportConfig, tyro.conf.OmitArgPrefixes] = ReportConfig()
+
+
+@dataclass(frozen=True)
 class ListBackbones:
     """List the registered backbones."""
 
@@ -167,6 +178,11 @@ def _run(cmd) -> int:
             print(f"{len(paths) - 1} images and grid.png in {cmd.png}")
         if cmd.timelapse:
             print(f"timelapse: {export_timelapse(cmd.run, cmd.timelapse, cmd.frame_ms)}")
+    elif isinstance(cmd, ReportCommand):
+        from lgm.analysis.report import write_reports
+
+        pages = write_reports(cmd.runs, cmd.config)
+        print(f"{len(pages) - 1} report page(s); open {pages[-1]}")
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -210,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "pca": PcaCommand,
             "neighbors": NeighborsCommand,
             "export": ExportCommand,
+            "report": ReportCommand,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,
