@@ -367,3 +367,32 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LgmError, match="not a run directory"):
         write_reports((str(tmp_path / "empty"),), ReportConfig(out=str(tmp_path / "r")))
+
+
+# ----------------------------------------------------------------------------------------------- ablation
+
+
+def test_ablate_runs_every_variant_and_writes_table3(fashion_root, tmp_path, capsys):
+    from lgm.cli import main
+
+    out = tmp_path / "abl"
+    argv = ["ablate", "--dataset", "fashion-mnist", "--backbone", "toy_cnn", "--steps", "2", "--augs", "2",
+            "--aug-values", "1", "2", "--res", "16", "--crop", "14", "--data-root", str(fashion_root),
+            "--device", "cpu", "--repeats", "1", "--views", "2", "--epochs", "3", "--val-per-class", "3",
+            "--no-progress", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    r = json.loads((out / "ablation.json").read_text())
+    assert set(r["rows"]) == {"full", "no_decorrelate", "no_pyramid", "no_augment", "augs_1"}
+    configs = {name: json.loads((out / name / "config.json").read_text()) for name in r["rows"]}
+    full = configs["full"]
+    for name, changed in (("no_decorrelate", {"decorrelate": False}), ("no_pyramid", {"param": "pixels"}),
+                          ("no_augment", {"aug": "none"}), ("augs_1", {"augs": 1})):
+        diff = {k: v for k, v in configs[name].items() if full[k] != v}
+        assert {k: v for k, v in diff.items() if k != "grow_every"} == changed, name
+    assert r["views_rows"] == {"1": "augs_1", "2": "full"}
+    md = (out / "ablation.md").read_text()
+    for label in ("Full (Ours)", "-Decorrelate", "-Pyramid", "-Augment", "A = 1", "A = 2", "Same eval"):
+        assert label in md, label
+    assert "Avg cross" not in md
+    assert all(0 <= row["same"]["mean"] <= 1 for row in r["rows"].values())
+    assert "| Full (Ours) |" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from lgm.analysis.ablate import AblateConfig
 from lgm.analysis.alignment import AlignConfig
 from lgm.analysis.neighbors import NeighborsConfig
 from lgm.analysis.pca import PcaConfig
@@ -183,6 +184,10 @@ def _run(cmd) -> int:
 
         pages = write_reports(cmd.runs, cmd.config)
         print(f"{len(pages) - 1} report page(s); open {pages[-1]}")
+    elif isinstance(cmd, AblateConfig):
+        from lgm.analysis.ablate import run_ablation
+
+        print(run_ablation(cmd)["markdown"])
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "neighbors": NeighborsCommand,
             "export": ExportCommand,
             "report": ReportCommand,
+            "ablate": AblateConfig,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,
