@@ -118,6 +118,18 @@ def test_normalized_transfer_and_correlation_on_a_hand_built_table(tmp_path):
     assert "75.0" in md and "Pearson r = 0.502" in md
 
 
+def test_alignment_vs_transfer_command(tmp_path, capsys):
+    from lgm.cli import main
+
+    hand_tables(tmp_path)
+    assert main(["alignment-vs-transfer", str(tmp_path / "crossmodel.json"), str(tmp_path / "alignment.json"),
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "Spearman rho = 0.478" in out and "| X |" in out
+    r = json.loads((tmp_path / "o" / "alignment_vs_transfer.json").read_text())
+    assert r["num_pairs"] == 6 and r["alignment"][0][1] == 0.3
+
+
 def test_alignment_vs_transfer_names_bad_inputs(tmp_path):
     hand_tables(tmp_path)
     old = {"backbones": ["X"], "rows": [{"artifact": "a", "distilled_with": "X", "top1": {"X": 0.5}}]}

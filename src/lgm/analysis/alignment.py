@@ -173,10 +173,15 @@ def heatmap(names: list[str], matrix, path: Path, title: str, fmt: str = "{:.2f}
     import numpy as np
 
     values = np.array([[math.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    middle = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+    # The colour scale spans the off-diagonal values (the diagonal, 1 by definition, saturates).
+    off = values[~np.eye(len(names), dtype=bool)]
+    off = off[np.isfinite(off)]
+    lo, hi = (float(off.min()), float(off.max())) if off.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1e-6
+    middle = (lo + hi) / 2
     size = 1.2 + 0.9 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(values, cmap="viridis")
+    im = ax.imshow(values, cmap="viridis", vmin=lo, vmax=hi)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     for i, row in enumerate(matrix):
