@@ -173,7 +173,9 @@ def heatmap(names: list[str], matrix, path: Path, title: str, fmt: str = "{:.2f}
     import numpy as np
 
     values = np.array([[math.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    # The colour scale spans the off-diagonal values (the diagonal, 1 by definition, saturates).
+    # The colour scale spans the off-diagonal values; the diagonal (1 by definition) is drawn grey.
+    shown = values.copy()
+    np.fill_diagonal(shown, np.nan)
     off = values[~np.eye(len(names), dtype=bool)]
     off = off[np.isfinite(off)]
     lo, hi = (float(off.min()), float(off.max())) if off.size else (0.0, 1.0)
@@ -181,14 +183,16 @@ def heatmap(names: list[str], matrix, path: Path, title: str, fmt: str = "{:.2f}
     middle = (lo + hi) / 2
     size = 1.2 + 0.9 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(values, cmap="viridis", vmin=lo, vmax=hi)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=lo, vmax=hi)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             if v is not None:
                 ax.text(j, i, fmt.format(v), ha="center", va="center",
-                        color="white" if v < middle else "black")
+                        color="white" if v < middle and i != j else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     save_figure(fig, path)
