@@ -408,3 +408,31 @@ def test_ablate_runs_every_variant_and_writes_table3(fashion_root, tmp_path, cap
     assert "Avg cross" not in md
     assert all(0 <= row["same"]["mean"] <= 1 for row in r["rows"].values())
     assert "| Full (Ours) |" in capsys.readouterr().out
+
+
+def test_report_renders_in_a_headless_browser(tiny_run, tmp_path):
+    """The page in real chromium: no console errors, no failed or outside requests, every image decoded."""
+    from lgm.analysis.browser import find_chromium, inspect_page
+    from lgm.analysis.report import SECTIONS
+    from lgm.cli import main
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; CI installs it): browser check skipped")
+    path, _, _ = tiny_run
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    shot = tmp_path / "shot.png"
+    r = inspect_page(out / "snap.html", screenshot=shot)
+    assert r["console_errors"] == [] and r["failed_requests"] == []
+    assert all(u.startswith(("file:", "data:")) for u in r["requests"]), r["requests"]
+    assert len(r["images"]) >= 2
+    assert all(complete and w > 0 and h > 0 for complete, w, h, _ in r["images"]), r["images"]
+    assert set(SECTIONS) <= set(r["ids"])
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size[0] == 1200 and im.size[1] > 900
+        lo, hi = im.convert("L").getextrema()
+        assert hi - lo > 100  # not a blank page
+    index = inspect_page(out / "index.html")
+    assert index["failed_requests"] == [] and all(w > 0 for _, w, _, _ in index["images"])

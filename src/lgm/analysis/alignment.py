@@ -183,8 +183,7 @@ def heatmap(names: list[str], matrix, path: Path, title: str, fmt: str = "{:.2f}
     middle = (lo + hi) / 2
     size = 1.2 + 0.9 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=lo, vmax=hi)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
