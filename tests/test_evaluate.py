@@ -183,7 +183,11 @@ def test_crossmodel_matrix_marks_the_same_model_entry(fashion_root, tmp_path, mo
     assert first["same_model"] == first["top1"]["toy_cnn"]
     assert first["cross_model_mean"] == first["top1"]["effnet_lite0"]
     assert second["same_model"] == second["top1"]["effnet_lite0"]
+    # 1-NN accuracy per evaluating backbone (what lgm alignment-vs-transfer normalises), multiples of 1/50.
+    assert all(set(r["nn1"]) == {"toy_cnn", "effnet_lite0"} for r in matrix["rows"])
+    assert all(abs(v * 50 - round(v * 50)) < 1e-9 for r in matrix["rows"] for v in r["nn1"].values())
     md = (out / "crossmodel.md").read_text()
+    assert "1-NN accuracy" in md
     assert md.count("**") == 4  # one bold same-model cell per row
     assert len((out / "crossmodel.csv").read_text().strip().splitlines()) == 3
 

@@ -8,6 +8,12 @@ from typing import Annotated, Literal
 
 import tyro
 
+from lgm.analysis.ablate import AblateConfig
+from lgm.analysis.alignment import AlignConfig
+from lgm.analysis.neighbors import NeighborsConfig
+from lgm.analysis.pca import PcaConfig
+from lgm.analysis.report import ReportConfig
+from lgm.analysis.transfer import AlignmentVsTransferCommand
 from lgm.baselines import BaselineConfig
 from lgm.config import DistillConfig
 from lgm.demo import DemoConfig
@@ -56,6 +62,51 @@ class CrossModelCommand:
     config: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = EvalConfig()
     out: str = "runs/crossmodel"
     """Directory receiving crossmodel.json, crossmodel.csv and crossmodel.md."""
+
+
+@dataclass(frozen=True)
+class PcaCommand:
+    """2-D PCA of the real training embeddings by class with the distilled embeddings marked (paper's Figure 4),
+    and each distilled embedding's distance from its class centroid in class spreads (pca.png, pca.json)."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory or artifact file."""
+    config: Annotated[PcaConfig, tyro.conf.OmitArgPrefixes] = PcaConfig()
+
+
+@dataclass(frozen=True)
+class NeighborsCommand:
+    """Each distilled image beside its nearest real training image in the backbone's space (paper's Figure 8),
+    with the cosine similarity (neighbors.png, neighbors.json)."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory or artifact file."""
+    config: Annotated[NeighborsConfig, tyro.conf.OmitArgPrefixes] = NeighborsConfig()
+
+
+@dataclass(frozen=True)
+class ExportCommand:
+    """Distilled images as files: --png DIR (one PNG per image named by class, plus grid.png) and/or
+    --timelapse OUT.gif (the snapshots kept with --snapshot-every during distillation)."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory (or artifact file for --png)."""
+    png: str | None = None
+    """Directory receiving NNN_<class>.png for every image and grid.png."""
+    timelapse: str | None = None
+    """GIF file: one frame per snapshot of the run."""
+    frame_ms: int = 200
+    """Milliseconds per timelapse frame."""
+
+
+@dataclass(frozen=True)
+class ReportCommand:
+    """Self-contained static HTML reports (images embedded, no network, no JavaScript): one page per run
+    (config, meta-loss curve, images, evaluation, PCA, neighbours, provenance) and index.html across runs."""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories."""
+    config: Annotated[ReportConfig, tyro.conf.OmitArgPrefixes] = ReportConfig()
 
 
 @dataclass(frozen=True)
@@ -108,6 +159,49 @@ def _run(cmd) -> int:
         from lgm.real_cache import run_cache_features
 
         run_cache_features(cmd)
+    elif isinstance(cmd, AlignConfig):
+        from lgm.analysis.alignment import matrix_markdown, run_align
+
+        r = run_align(cmd)
+        print(matrix_markdown(r["backbones"], r["matrix"], "{:.3f}"))
+        print(f"\nmutual {r['k']}-NN alignment on {r['n']} {r['dataset']} training images; files in {cmd.out}")
+    elif isinstance(cmd, AlignmentVsTransferCommand):
+        from lgm.analysis.transfer import alignment_vs_transfer
+
+        print(alignment_vs_transfer(cmd.crossmodel_json, cmd.align_json, cmd.metric, cmd.out)["markdown"])
+    elif isinstance(cmd, PcaCommand):
+        from lgm.analysis.pca import run_pca
+
+        r = run_pca(cmd.run, cmd.config)
+        for d in r["distilled"]:
+            print(f"{d['index']:4d} {d['class']:24s} {d['distance_in_spreads']:.2f} spreads from the centroid, "
+                  f"{d['fraction_of_class_closer'] * 100:.0f}% of the class closer")
+    elif isinstance(cmd, NeighborsCommand):
+        from lgm.analysis.neighbors import run_neighbors
+
+        r = run_neighbors(cmd.run, cmd.config)
+        for p in r["pairs"]:
+            print(f"{p['index']:4d} {p['class']:24s} -> train #{p['neighbor_train_index']} ({p['neighbor_class']}), "
+                  f"cosine {p['cosine']:.3f}")
+    elif isinstance(cmd, ExportCommand):
+        from lgm.analysis.export import export_pngs, export_timelapse
+
+        if not cmd.png and not cmd.timelapse:
+            raise LgmError("lgm export: give --png DIR and/or --timelapse OUT.gif")
+        if cmd.png:
+            paths = export_pngs(cmd.run, cmd.png)
+            print(f"{len(paths) - 1} images and grid.png in {cmd.png}")
+        if cmd.timelapse:
+            print(f"timelapse: {export_timelapse(cmd.run, cmd.timelapse, cmd.frame_ms)}")
+    elif isinstance(cmd, ReportCommand):
+        from lgm.analysis.report import write_reports
+
+        pages = write_reports(cmd.runs, cmd.config)
+        print(f"{len(pages) - 1} report page(s); open {pages[-1]}")
+    elif isinstance(cmd, AblateConfig):
+        from lgm.analysis.ablate import run_ablation
+
+        print(run_ablation(cmd)["markdown"])
     elif isinstance(cmd, BaselineConfig):
         from lgm.baselines import make_baselines
 
@@ -173,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
             "eval": EvalCommand,
             "baselines": BaselineConfig,
             "crossmodel": CrossModelCommand,
+            "align": AlignConfig,
+            "alignment-vs-transfer": AlignmentVsTransferCommand,
+            "pca": PcaCommand,
+            "neighbors": NeighborsCommand,
+            "export": ExportCommand,
+            "report": ReportCommand,
+            "ablate": AblateConfig,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,

@@ -14,10 +14,11 @@ from lgm.synthetic.pyramid import default_grow_every, num_levels_for
 # Keys that say how a run is executed, not what it computes: they may change
 # between a run and its resumption and are left out of the config hash.
 # grad_checkpointing only trades compute for memory (same numbers), so it is run control too.
+# snapshot_every only writes pictures of the images on the way (rendering draws no random numbers).
 # real_cache and cache_dir only say where a feature cache is found; which cache a run used (its id, a hash of
 # everything that determines its features) is recorded in the run's real_side.json and checked on resume.
 RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad_checkpointing", "real_cache",
-                    "cache_dir", "compile")
+                    "cache_dir", "compile", "snapshot_every")
 
 # Keys of joint multi-backbone runs. A single-backbone config leaves them out of
 # its JSON and hash while they hold their defaults, so configs (and hashes) of
@@ -107,6 +108,8 @@ class DistillConfig:
     """Steps between checkpoints (a checkpoint is also written on SIGTERM/SIGINT and at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    snapshot_every: int = 0
+    """Steps between uint8 snapshots of the images in <out>/snapshots/ (for `lgm export --timelapse`); 0 = off."""
     backbone_weights: tuple[float, ...] = ()
     """Joint runs: weight of each backbone's cosine distance in the meta loss (default: equal), in --backbone order."""
     backbone_schedule: Literal["all", "sample"] = "all"
@@ -155,7 +158,7 @@ class DistillConfig:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.grow_every < 0:
             problems.append(f"--grow-every must be >= 0 (0 = auto), got {self.grow_every}")
-        for key in ("real_batch", "cache_per_class", "chunk"):
+        for key in ("real_batch", "cache_per_class", "chunk", "snapshot_every"):
             if getattr(self, key) < 0:
                 problems.append(f"--{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
         if self.noise_std < 0:

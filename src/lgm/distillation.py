@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -458,6 +459,11 @@ def distill(
     pending: list[tuple[int, torch.Tensor, int, dict[str, torch.Tensor]]] = []
     good_step = start
 
+    def snapshot(step: int) -> None:
+        if writer is not None and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+            with torch.no_grad():  # rendering draws no random numbers: the run is unchanged
+                writer.save_snapshot(step, syn.render())
+
     def checkpoint(step: int) -> None:
         nonlocal good_step
         if writer is not None:
@@ -489,6 +495,8 @@ def distill(
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and shard.is_main), desc="distill",
                unit="step", dynamic_ncols=True, file=sys.stderr)
+    if start == 0:
+        snapshot(0)
     with StopSignals() as stop:
         try:
             for step in range(start, cfg.steps):
@@ -519,6 +527,7 @@ def distill(
                 stopping = (shard.any(signalled, device) if at_sync else False) if shard.active else signalled
                 if at_sync or stopping:
                     flush(bar)
+                snapshot(done)
                 if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                     checkpoint(done)
                 if stopping and done < cfg.steps:
@@ -554,6 +563,7 @@ def distill(
             "real_side": choice.to_dict(),
             "processes": shard.world_size,
             "seconds": round(elapsed, 3),
+            "command_line": shlex.join(sys.argv),
         },
     )
     if writer is not None:

@@ -360,6 +360,7 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
         same = [accs[name] for name in own if name in accs]
         rows.append({"artifact": src, "distilled_with": artifact.meta.get("backbone"), "top1": accs,
                      "std": {name: r["top1"]["std"] for name, r in results.items()},
+                     "nn1": {name: r["nn1"] for name, r in results.items()},
                      "same_model": (same[0] if len(own) == 1 else statistics.fmean(same)) if same else None,
                      "cross_model_mean": statistics.fmean(cross) if cross else None})
     matrix = {"backbones": list(cfg.backbone), "rows": rows, "protocol": dataclasses.asdict(cfg.probe()) | {"repeats": cfg.repeats}}
@@ -377,7 +378,13 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
         marked = [f"**{c}**" if b in own else c for b, c in zip(cfg.backbone, cells)]
         md.append("| " + " | ".join([r["artifact"], label, *marked, cross]) + " |")
     atomic_write_text(out / "crossmodel.csv", "\n".join(csv) + "\n")
+    nn = ["| " + " | ".join(["artifact", "distilled with", *cfg.backbone]) + " |", "|" + "---|" * (len(cfg.backbone) + 2)]
+    for r in rows:
+        cells = [f"{r['nn1'][b] * 100:.1f}" for b in cfg.backbone]
+        nn.append("| " + " | ".join([r["artifact"], str(r["distilled_with"]), *cells]) + " |")
     atomic_write_text(out / "crossmodel.md", "\n".join(md) + "\n\nBold: same-model entry (the evaluating backbone "
                       "is one the artifact was distilled with; a joint set has one per distilling backbone). Top-1 %, mean over "
-                      "repeats; the cross-model mean leaves every same-model entry out.\n")
+                      "repeats; the cross-model mean leaves every same-model entry out.\n\n"
+                      "1-NN accuracy (%, cosine, center views; the input of `lgm alignment-vs-transfer`):\n\n"
+                      + "\n".join(nn) + "\n")
     return matrix

@@ -8,6 +8,7 @@ Layout of a run directory::
     checkpoint.json            human-readable sidecar (the safetensors metadata is authoritative)
     distilled.safetensors/.json  the result, once finished
     grid.png
+    snapshots/step_NNNNNNN.safetensors  uint8 images every --snapshot-every steps (optional)
 """
 
 from __future__ import annotations
@@ -108,8 +109,39 @@ class Checkpoint:
             optimizer.state[p][key] = value.to(p.device) if key != "step" else value.cpu()
 
 
+SNAPSHOT_MAX_SIDE = 128
+"""Snapshots larger than this are downscaled (antialiased): they are for looking at, not for resuming."""
+
+
+def snapshot_pixels(images: torch.Tensor, max_side: int = SNAPSHOT_MAX_SIDE) -> torch.Tensor:
+    """N x C x H x W in [0, 1] -> uint8, downscaled so that the longer side is at most ``max_side``."""
+    x = images.detach().float().cpu()
+    side = max(x.shape[-2:])
+    if side > max_side:
+        h, w = (round(d * max_side / side) for d in x.shape[-2:])
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def read_snapshots(run: Path) -> list[tuple[int, torch.Tensor]]:
+    """(step, uint8 images) of every snapshot of a run directory, in step order."""
+    folder = Path(run) / RunDir.SNAPSHOTS
+    out = []
+    for path in sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []:
+        tensors = load_tensors(path)
+        if "images" not in tensors or tensors["images"].dtype != torch.uint8:
+            raise LgmError(f"snapshot {path} lacks a uint8 'images' tensor")
+        try:
+            step = int(path.stem.split("_", 1)[1])
+        except ValueError:
+            raise LgmError(f"snapshot file name {path.name} does not hold a step number") from None
+        out.append((step, tensors["images"]))
+    return sorted(out, key=lambda t: t[0])
+
+
 class RunDir:
     CONFIG = "config.json"
+    SNAPSHOTS = "snapshots"
     METRICS = "metrics.jsonl"
     CHECKPOINT = "checkpoint.safetensors"
     CHECKPOINT_SIDECAR = "checkpoint.json"
@@ -181,6 +213,12 @@ class RunDir:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+    def save_snapshot(self, step: int, images: torch.Tensor) -> Path:
+        """Write the rendered images of ``step`` as a small uint8 snapshot (atomic; overwrites on resume)."""
+        path = self.path / self.SNAPSHOTS / f"step_{step:07d}.safetensors"
+        atomic_save_tensors(path, {"images": snapshot_pixels(images)}, metadata={"step": str(step)})
+        return path
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / self.METRICS
