@@ -31,8 +31,17 @@ class LiveReal:
 
     def __init__(self, split: Split, resolution: int, crop: int, aug: AugmentConfig, backbone: Backbone,
                  device: torch.device, autocast) -> None:
-        # File-backed splits are decoded once at the run's resolution (thread pool); in-memory ones as they are.
-        self.split = split.materialize(resolution, progress=sys.stderr.isatty()).to(device)
+        from lgm.data.images import FileSplit, decoded_bytes_limit
+
+        # File-backed splits are decoded once at the run's resolution (thread pool) when they fit in memory
+        # (LGM_MAX_DECODED_BYTES); larger ones (ImageNet-1k at 256 px) are streamed: every step decodes its
+        # batch from the files, and the next step's batch is decoded in the background meanwhile.
+        self.streaming = isinstance(split, FileSplit) and split.decoded_bytes(resolution) > decoded_bytes_limit()
+        if self.streaming:
+            self.split = split
+            self._prefetch = _Prefetcher()
+        else:
+            self.split = split.materialize(resolution, progress=sys.stderr.isatty()).to(device)
         self.resolution, self.crop, self.aug = resolution, crop, aug
         self.backbone, self.device, self.autocast = backbone, device, autocast
         self.views = ViewAugmenter(aug, crop, device)
@@ -51,13 +60,52 @@ class LiveReal:
     def sample_views(self, n: int, sample_gen: torch.Generator, shard: Shard = SINGLE
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of a step's n augmented real views and their labels (one draw from ``sample_gen``)."""
-        idx = torch.randperm(len(self.split), generator=sample_gen)[:n]
-        step_seed = int(torch.randint(0, 2**62, (1,), generator=sample_gen))
-        s, e = shard.bounds(idx.numel())
-        mine = idx[s:e].to(self.device, non_blocking=True)
-        x = self.split.load(mine, self.resolution, self.device)
+        draw = _draw(len(self.split), n, sample_gen, shard)
+        idx, step_seed, s = draw
+        if self.streaming:
+            x = self._prefetch.take(idx, lambda: self.split.load(idx, self.resolution, self.device))
+            # The generator is used by nothing else between steps: the next draw is known now, decode it meanwhile.
+            ahead = torch.Generator().set_state(sample_gen.get_state())
+            nxt = _draw(len(self.split), n, ahead, shard)[0]
+            self._prefetch.start(nxt, lambda: self.split.load(nxt, self.resolution, self.device))
+            y = self.split.labels[idx].to(self.device)
+        else:
+            mine = idx.to(self.device, non_blocking=True)
+            x = self.split.load(mine, self.resolution, self.device)
+            y = self.split.labels[mine]
         with torch.no_grad():
-            return self.views.augment_range(x, s, step_seed), self.split.labels[mine]
+            return self.views.augment_range(x, s, step_seed), y
+
+
+def _draw(size: int, n: int, gen: torch.Generator, shard: Shard) -> tuple[torch.Tensor, int, int]:
+    """One step's real draw: this process's image indices, the views' seed, and its offset in the batch."""
+    idx = torch.randperm(size, generator=gen)[:n]
+    step_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    s, e = shard.bounds(idx.numel())
+    return idx[s:e], step_seed, s
+
+
+class _Prefetcher:
+    """Decodes one batch ahead in a background thread; a batch is used only if its indices are the ones asked."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgm-real-prefetch")
+        self._pending = None
+        self.hits = 0
+
+    def start(self, idx: torch.Tensor, load) -> None:
+        self._pending = (idx, self._pool.submit(load))
+
+    def take(self, idx: torch.Tensor, load) -> torch.Tensor:
+        pending, self._pending = self._pending, None
+        if pending is not None and torch.equal(pending[0], idx):
+            self.hits += 1
+            return pending[1].result()
+        if pending is not None:
+            pending[1].cancel()
+        return load()
 
 
 class CachedReal:

@@ -181,6 +181,11 @@ def decode_many(paths: Sequence[str], size: int, channels: int, workers: int) ->
 # ---------------------------------------------------------------------------------------------- file splits
 
 
+def decoded_bytes_limit() -> int:
+    """The most memory a split may take decoded in one piece (env LGM_MAX_DECODED_BYTES, default 32 GiB)."""
+    return int(os.environ.get("LGM_MAX_DECODED_BYTES", 32 << 30))
+
+
 class FileSplit:
     """A split backed by image files: paths, int64 labels and optional int64 groups; decoded lazily.
 
@@ -304,10 +309,14 @@ class FileSplit:
         out.skipped = list(self.skipped)
         return out
 
+    def decoded_bytes(self, size: int) -> int:
+        """Memory the whole split takes decoded to uint8 at ``size``."""
+        return len(self) * self.channels * size * size
+
     def materialize(self, size: int, progress: bool = False, max_bytes: int | None = None) -> ImageSplit:
         """Decode every image once into uint8 at ``size`` (bad files: fail, or left out with their labels)."""
-        need = len(self) * self.channels * size * size
-        limit = max_bytes if max_bytes is not None else int(os.environ.get("LGM_MAX_DECODED_BYTES", 32 << 30))
+        need = self.decoded_bytes(size)
+        limit = max_bytes if max_bytes is not None else decoded_bytes_limit()
         if need > limit:
             raise DatasetError(
                 f"{self.name}: decoding {len(self)} images at {size}x{size} would take {need / 2**30:.1f} GiB of memory "
