@@ -152,3 +152,24 @@ def test_cache_features_command(fashion_root, tmp_path, capsys):
     assert RealFeatureCache.open(path).features.shape == (60, 32)
     assert main(args[:-2] + ["--out", str(path), "--views", "4"]) == 2
     assert "views: cache has 2, requested 4" in capsys.readouterr().err
+
+
+def test_resumed_run_keeps_its_recorded_real_side(fashion_root, tmp_path, monkeypatch):
+    import lgm.distillation
+    import lgm.rundir
+    from tests.test_distill import StopAfter
+
+    def run(out):
+        return distill("fashion-mnist", "toy_cnn", out=out, data_root=str(fashion_root), **{**TINY, "steps": 8})
+
+    reference = run(None)
+    StopAfter.n = 3
+    monkeypatch.setattr(lgm.distillation, "StopSignals", StopAfter)
+    with pytest.raises(lgm.rundir.Interrupted):
+        run(tmp_path / "run")
+    monkeypatch.undo()
+    build(fashion_root, views=2, per_class=0, batch=1000)  # a matching cache appears in the meantime
+    resumed = run(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "real_side.json").read_text())["mode"] == "live"
+    assert torch.equal(resumed.images, reference.images)
+    assert run(tmp_path / "fresh").meta["real_side"]["mode"] == "standalone"

@@ -27,7 +27,7 @@ from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_
 from lgm.errors import LgmError, NonFiniteLossError
 from lgm.features import CachedReal, LiveReal, compute_feature_cache
 from lgm.grid import save_grid
-from lgm.distributed import SINGLE, Shard, init_from_env, shutdown
+from lgm.distributed import SINGLE, Shard, init_from_env
 from lgm.matching import head_gradient, head_gradient_sums, meta_loss, sample_head
 from lgm.rundir import Checkpoint, Interrupted, RunDir, StopSignals
 from lgm.synthetic import SyntheticImages, make_synthetic
