@@ -13,7 +13,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT ?= runs/demo
 
-.PHONY: setup data demo test clean-venv
+.PHONY: setup data browser demo test clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,16 @@ data:
 	@test -f $(FASHION_DIR)/train-images-idx3-ubyte.gz || \
 		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
 
+# Debian's chromium: the test that opens the HTML report in a real headless browser (skipped without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium)
+
 demo: setup data
 	$(PY) -m lgm demo --out $(OUT)
 
 # pytest exit code 5 means "no tests collected": that is a failure, not a pass.
-test: setup data
+test: setup data browser
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
