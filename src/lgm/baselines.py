@@ -124,10 +124,9 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     if distilled is not None:
         if distilled.class_names != list(ds.class_names):
             raise LgmError(f"{cfg.distilled} was distilled from other classes than {ds.name}'s")
-        from lgm.probe import center_crop
+        from lgm.probe import center_features
 
-        with torch.no_grad():
-            q = backbone.features(center_crop(distilled.images.to(device), crop)).float().cpu()
+        q = center_features(backbone, distilled.images, crop, device)
         idx = pool[neighbor_indices(q, distilled.labels, feats, ds.train.labels[pool])]
         art = selection_artifact(ds, idx, res, common | {"selection": "neighbors (most cosine-similar real image "
                                                                        "of the class, per distilled image)",

@@ -23,7 +23,7 @@ from lgm.distillation import distill, resolve_device
 from lgm.baselines import centroid_indices, neighbor_indices, random_indices
 from lgm.evaluate import FULL_PROBE, EvalContext, stored_split_features, summary
 from lgm.feature_store import FeatureStore
-from lgm.probe import ProbeConfig, center_crop, topk, train_probes
+from lgm.probe import ProbeConfig, center_features, topk, train_probes
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=1500, augs=4,
                     lr=1e-2, res=64, crop=64, real_features="cached", real_gradient="full", cache_per_class=1000,
@@ -106,9 +106,7 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
     centroid_idx = centroid_indices(train_feats, train.labels, ds.num_classes)
     centroid_scores = ctx.score_images(train.load(centroid_idx, res), train.labels[centroid_idx], seeds)
     log(f"centroids: {[round(a * 100, 1) for a in centroid_scores['top1']['values']]}")
-    with torch.no_grad():
-        distilled_center = backbone.features(center_crop(distilled.images.to(device), crop)).float().cpu()
-    neighbor_idx = neighbor_indices(distilled_center, distilled.labels, train_feats, train.labels)
+    neighbor_idx = neighbor_indices(center_features(backbone, distilled.images, crop, device), distilled.labels, train_feats, train.labels)
     neighbor_scores = ctx.score_images(train.load(neighbor_idx, res), train.labels[neighbor_idx], seeds)
     log(f"neighbors: {[round(a * 100, 1) for a in neighbor_scores['top1']['values']]}")
     full = train_probes(train_feats, train.labels, ds.num_classes, FULL_PROBE, [0],

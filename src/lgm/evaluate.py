@@ -22,7 +22,7 @@ from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
 from lgm.errors import LgmError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
-from lgm.probe import (ProbeConfig, center_crop, group_top1, nearest_neighbor_top1, split_features, topk,
+from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_features, topk,
                        train_probes, view_features)
 
 # The authors' full-dataset probe (SPEC §7): batch 128, lr 5e-4, 100 epochs, on one center view per image.
@@ -114,8 +114,7 @@ class EvalContext:
         if self.test_groups is not None:
             acc = group_top1(res, self.test_features, self.test_labels, self.test_groups)
             per_group = [{g: float(a[r]) for g, a in acc.items()} for r in range(len(seeds))]
-        with torch.no_grad():
-            center = self.backbone.features(center_crop(images.to(self.device), self.crop)).float().cpu()
+        center = center_features(self.backbone, images, self.crop, self.device)
         nn1 = nearest_neighbor_top1(center, labels, self.test_features, self.test_labels)
         out = {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": epochs}
         if per_group:

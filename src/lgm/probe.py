@@ -87,6 +87,12 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def center_features(backbone: Backbone, images: torch.Tensor, crop: int, device: torch.device) -> torch.Tensor:
+    """Float32 CPU features of the center ``crop`` of each image (how an image set is embedded for 1-NN/selection)."""
+    return backbone.features(center_crop(images.to(device), crop)).float().cpu()
+
+
+@torch.no_grad()
 def split_features(backbone: Backbone, split: ImageSplit, res: int, crop: int, device: torch.device,
                    batch: int = 500) -> torch.Tensor:
     """Features of every image of ``split``: resize to ``res``, center-crop ``crop`` (the test transform)."""

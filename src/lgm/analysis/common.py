@@ -39,14 +39,13 @@ class RunContext:
                                      self.store)
 
     def distilled_features(self) -> torch.Tensor:
-        from lgm.probe import center_crop
+        from lgm.probe import center_features
 
         images = self.artifact.images
         if images.shape[-1] != self.res:
             images = torch.nn.functional.interpolate(images, size=(self.res, self.res), mode="bilinear",
                                                      align_corners=False, antialias=True)
-        with torch.no_grad():
-            return self.backbone.features(center_crop(images.to(self.device), self.crop)).float().cpu()
+        return center_features(self.backbone, images, self.crop, self.device)
 
 
 def open_run(run: str | Path, backbone: str | None = None, device: str = "auto", data_root: str | None = None,
