@@ -5,7 +5,7 @@ import torch
 from lgm.artifacts import DistilledSet
 from lgm.backbones import load_backbone
 from lgm.data import load_dataset
-from lgm.demo import DemoConfig, compare_with_real, format_table
+from lgm.demo import DEMO_DISTILL, DemoConfig, compare_with_real, demo_distill_config, format_table
 from lgm.evaluate import validation_split
 
 
@@ -35,3 +35,12 @@ def test_compare_with_real_scores_every_set_under_one_protocol(fashion_root, tmp
     assert f"| {share:.0%} |" in table[2]
     # The second evaluation reads every feature back from the store and gives the same numbers.
     assert compare_with_real(distilled, ds, bb, cfg, torch.device("cpu"), log=lambda m: None)["full"] == results["full"]
+
+
+def test_demo_flags_reach_the_distillation():
+    # Every demo flag that is also a distillation setting must change the run; the rest stay DEMO_DISTILL's.
+    default = demo_distill_config(DemoConfig())
+    assert default.init == "real" and default.steps == DEMO_DISTILL["steps"] and default.dataset == "fashion-mnist"
+    changed = demo_distill_config(DemoConfig(init="noise", steps=7, augs=3, seed=5))
+    assert (changed.init, changed.steps, changed.augs, changed.seed) == ("noise", 7, 3, 5)
+    assert changed.res == default.res and changed.real_gradient == default.real_gradient
