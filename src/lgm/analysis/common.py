@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -46,6 +47,23 @@ class RunContext:
             images = torch.nn.functional.interpolate(images, size=(self.res, self.res), mode="bilinear",
                                                      align_corners=False, antialias=True)
         return center_features(self.backbone, images, self.crop, self.device)
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """The flags of an analysis that reads one run: whose embedding space, and where its data and features live."""
+
+    backbone: str | None = None
+    """Embedding space (default: the backbone the run distilled with)."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cache: bool = True
+    on_bad_image: Literal["fail", "skip"] = "fail"
+
+    def open(self, run: str | Path) -> "RunContext":
+        return open_run(run, self.backbone, self.device, self.data_root, self.cache_dir, self.cache,
+                        self.on_bad_image)
 
 
 def open_run(run: str | Path, backbone: str | None = None, device: str = "auto", data_root: str | None = None,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from lgm.analysis.common import RunSource
 
 
 def nearest_real(query: torch.Tensor, real: torch.Tensor, query_labels: torch.Tensor | None = None,
@@ -27,7 +28,7 @@ def nearest_real(query: torch.Tensor, real: torch.Tensor, query_labels: torch.Te
 
 
 @dataclass(frozen=True)
-class NeighborsConfig:
+class NeighborsConfig(RunSource):
     """Each distilled image beside its nearest real training image (cosine, backbone space), with the similarity."""
 
     n: int = 0
@@ -35,23 +36,16 @@ class NeighborsConfig:
     seed: int = 0
     same_class: bool = False
     """Search only the distilled image's class (default: every training image)."""
-    backbone: str | None = None
-    """Embedding space (default: the backbone the run distilled with)."""
     out: str | None = None
     """Directory for neighbors.png and neighbors.json (default: <run>/analysis)."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    cache: bool = True
-    on_bad_image: Literal["fail", "skip"] = "fail"
 
 
 def run_neighbors(run: str, cfg: NeighborsConfig, log=None) -> dict:
-    from lgm.analysis.common import analysis_dir, open_run
+    from lgm.analysis.common import analysis_dir
     from lgm.artifacts import atomic_write_json
 
     log = log or (lambda m: print(f"lgm neighbors: {m}", file=sys.stderr, flush=True))
-    ctx = open_run(run, cfg.backbone, cfg.device, cfg.data_root, cfg.cache_dir, cfg.cache, cfg.on_bad_image)
+    ctx = cfg.open(run)
     index = ctx.real_index(cfg.n, cfg.seed)
     log(f"features of {len(index)} training images on {ctx.backbone.name}")
     real = ctx.real_features(index)

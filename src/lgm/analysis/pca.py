@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from lgm.analysis.common import RunSource
 from lgm.errors import LgmError
 
 
@@ -69,29 +69,22 @@ def centroid_distances(real: torch.Tensor, real_labels: torch.Tensor, query: tor
 
 
 @dataclass(frozen=True)
-class PcaConfig:
+class PcaConfig(RunSource):
     """2-D PCA of real training embeddings by class with the distilled embeddings marked (paper's Figure 4)."""
 
     n: int = 5000
     """Real training images (seeded stratified sample; 0 = all)."""
     seed: int = 0
-    backbone: str | None = None
-    """Embedding space (default: the backbone the run distilled with)."""
     out: str | None = None
     """Directory for pca.png and pca.json (default: <run>/analysis)."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    cache: bool = True
-    on_bad_image: Literal["fail", "skip"] = "fail"
 
 
 def run_pca(run: str, cfg: PcaConfig, log=None) -> dict:
-    from lgm.analysis.common import analysis_dir, open_run
+    from lgm.analysis.common import analysis_dir
     from lgm.artifacts import atomic_write_json
 
     log = log or (lambda m: print(f"lgm pca: {m}", file=sys.stderr, flush=True))
-    ctx = open_run(run, cfg.backbone, cfg.device, cfg.data_root, cfg.cache_dir, cfg.cache, cfg.on_bad_image)
+    ctx = cfg.open(run)
     index = ctx.real_index(cfg.n, cfg.seed)
     log(f"features of {len(index)} training images and {len(ctx.artifact.labels)} distilled images on "
         f"{ctx.backbone.name}")
