@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lgm.artifacts import DistilledSet
+from lgm.artifacts import DistilledSet, atomic_save_tensors
 from lgm.backbones import load_backbone
 from lgm.cli import main
 from lgm.data import ImageDataset, ImageSplit, load_dataset
@@ -113,6 +113,45 @@ def test_feature_store_never_serves_a_mismatched_entry(tmp_path):
     # A file copied over another key's name must be detected through the stored key.
     store.path({**other, "feature_version": 1}).write_bytes(store.path({**key, "feature_version": 1}).read_bytes())
     assert torch.equal(store.get(other, lambda: torch.ones(2)), torch.ones(2))
+
+
+def test_row_features_resume_after_a_kill_at_the_last_finished_chunk(tmp_path):
+    full = torch.randn(23, 4, generator=torch.Generator().manual_seed(0))
+    key = {"backbone": "a", "split": "train"}
+    calls, kill = [], [True]
+
+    def compute(start, stop):
+        calls.append((start, stop))
+        if start >= 12 and kill[0]:
+            raise KeyboardInterrupt  # killed inside the third chunk
+        return full[start:stop]
+
+    store = FeatureStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        store.get_rows(key, 23, compute, chunk=6, batch=3)
+    assert calls == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15)]
+    assert not store.path({**key, "feature_version": 1}).exists(), "no entry before every row is computed"
+    calls.clear()
+    kill[0] = False
+    got = store.get_rows(key, 23, compute, chunk=6, batch=3)
+    assert torch.equal(got, full)
+    assert calls == [(12, 15), (15, 18), (18, 21), (21, 23)], "finished chunks are not recomputed"
+    # The finished entry is the one `get` serves for the key, and the chunk files are gone.
+    assert torch.equal(store.get(key, lambda: torch.zeros(1)), full)
+    assert not any(p.suffix == ".partial" for p in tmp_path.rglob("*"))
+
+
+def test_row_features_ignore_chunks_of_another_key(tmp_path):
+    store = FeatureStore(tmp_path)
+    store.get_rows({"backbone": "a"}, 6, lambda s, e: torch.zeros(e - s, 2), chunk=3, batch=3)
+    # A chunk file copied under another key's name must not be served.
+    other = {"backbone": "b", "feature_version": 1}
+    part = store.path(other).with_suffix(".partial")
+    part.mkdir(parents=True)
+    atomic_save_tensors(part / "0000000000-0000000003.safetensors", {"features": torch.zeros(3, 2)},
+                        metadata={"key": '{"backbone": "a", "feature_version": 1, "rows": [0, 3]}'})
+    got = store.get_rows({"backbone": "b"}, 6, lambda s, e: torch.ones(e - s, 2), chunk=3, batch=3)
+    assert torch.equal(got, torch.ones(6, 2))
 
 
 def test_nonfinite_features_are_not_cached(tmp_path):

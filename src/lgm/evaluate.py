@@ -22,7 +22,7 @@ from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
 from lgm.errors import LgmError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
-from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_features, topk,
+from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_rows_features, topk,
                        train_probes, view_features)
 
 # The authors' full-dataset probe (SPEC §7): batch 128, lr 5e-4, 100 epochs, on one center view per image.
@@ -45,7 +45,9 @@ def stored_split_features(ds: ImageDataset, split_name: str, index: torch.Tensor
     key = backbone_identity(backbone) | {
         "dataset": ds.name, "split": split_name, "rows": index_digest(index), "images": len(split),
         "labels": index_digest(split.labels), "transform": "resize+center-crop", "res": res, "crop": crop}
-    return store.get(key, lambda: split_features(backbone, split, res, crop, device))
+    return store.get_rows(key, len(split), lambda start, stop: split_rows_features(backbone, split, res, crop, device,
+                                                                                 start, stop),
+                          desc=f"{backbone.name} {split_name} features")
 
 
 def summary(values: list[float]) -> dict:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,19 +70,74 @@ class FeatureStore:
         if not self.enabled:
             return _finite(compute(), key)
         path = self.path(key)
-        if path.is_file():
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    stored = json.loads((f.metadata() or {}).get("key", "null"))
-                    if stored == key:
-                        return f.get_tensor("features")
-            except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
-                pass
+        cached = self._read(path, key)
+        if cached is not None:
+            return cached
         feats = _finite(compute(), key)
         atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
         return feats
+
+    def get_rows(self, key: dict[str, Any], rows: int, compute: Callable[[int, int], torch.Tensor],
+                 chunk: int = 5000, batch: int = 500, desc: str = "features",
+                 progress: bool | None = None) -> torch.Tensor:
+        """Like :meth:`get` for ``rows`` x f features computed ``batch`` rows at a time by ``compute(start, stop)``.
+
+        Finished chunks of ``chunk`` rows are kept beside the entry (``<hash>.partial/``) until the whole
+        tensor is stored, so a killed pass over a large split resumes at its last finished chunk. The stored
+        entry is the same file :meth:`get` writes for the same key, and the rows are computed in the same
+        batches whatever the chunking (``chunk`` is rounded to a multiple of ``batch``).
+        """
+        from tqdm.auto import tqdm
+
+        key = json.loads(json.dumps({**key, "feature_version": FEATURE_VERSION}, sort_keys=True))
+        path = self.path(key)
+        if self.enabled and path.is_file():
+            cached = self._read(path, key)
+            if cached is not None:
+                return cached
+        chunk = max(batch, chunk // batch * batch)
+        partial = path.with_suffix(".partial")
+        parts: list[torch.Tensor] = []
+        bar = tqdm(total=rows, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+                   disable=not (sys.stderr.isatty() if progress is None else progress))
+        with bar:
+            for start in range(0, rows, chunk):
+                stop = min(start + chunk, rows)
+                part_key = {**key, "rows": [start, stop]}
+                part_path = partial / f"{start:010d}-{stop:010d}.safetensors"
+                part = self._read(part_path, part_key) if self.enabled else None
+                if part is None:
+                    pieces = []
+                    for b in range(start, stop, batch):
+                        pieces.append(compute(b, min(b + batch, stop)))
+                        bar.update(pieces[-1].shape[0])
+                    part = _finite(torch.cat(pieces), key)
+                    if self.enabled:
+                        atomic_save_tensors(part_path, {"features": part},
+                                            metadata={"key": json.dumps(part_key, sort_keys=True)})
+                else:
+                    bar.update(stop - start)
+                parts.append(part)
+        feats = torch.cat(parts) if parts else compute(0, 0)
+        if self.enabled:
+            atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
+            shutil.rmtree(partial, ignore_errors=True)
+        return feats
+
+    @staticmethod
+    def _read(path: Path, key: dict[str, Any]) -> torch.Tensor | None:
+        """The features stored at ``path`` when its metadata holds exactly ``key``, else None."""
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if json.loads((f.metadata() or {}).get("key", "null")) == key:
+                    return f.get_tensor("features")
+        except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
+            pass
+        return None
 
 
 def _finite(feats: torch.Tensor, key: dict[str, Any]) -> torch.Tensor:

@@ -93,15 +93,11 @@ def center_features(backbone: Backbone, images: torch.Tensor, crop: int, device:
 
 
 @torch.no_grad()
-def split_features(backbone: Backbone, split: ImageSplit, res: int, crop: int, device: torch.device,
-                   batch: int = 500) -> torch.Tensor:
-    """Features of every image of ``split``: resize to ``res``, center-crop ``crop`` (the test transform)."""
-    out = []
-    for start in range(0, len(split), batch):
-        idx = torch.arange(start, min(start + batch, len(split)))
-        x = center_crop(split.load(idx, res, device), crop)
-        out.append(backbone.features(x).float().cpu())
-    return torch.cat(out)
+def split_rows_features(backbone: Backbone, split: ImageSplit, res: int, crop: int, device: torch.device,
+                        start: int, stop: int) -> torch.Tensor:
+    """Features of images ``start:stop`` of ``split``: resize to ``res``, center-crop ``crop`` (the test transform)."""
+    x = center_crop(split.load(torch.arange(start, stop), res, device), crop)
+    return backbone.features(x).float().cpu()
 
 
 @torch.no_grad()
