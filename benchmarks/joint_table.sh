@@ -14,7 +14,8 @@
 # `all`, joint `sample`, one per seed. Every set is probed (SPEC §6, 5 probe
 # seeds) on lite0, lite1 and lite2 (never distilled on) by `lgm crossmodel`;
 # the real baselines (centroids, 5 random selections) are chosen on each
-# evaluating backbone and probed on it. Finished runs are not redone.
+# evaluating backbone and probed on it. Finished runs are not redone. The table
+# (mean ± std over the distillation seeds) is printed and written to OUT/table.md.
 set -euo pipefail
 SEEDS=${SEEDS:-"0 1 2"}
 STEPS=${STEPS:-800}
@@ -44,3 +45,4 @@ for bb in "${EVAL_BACKBONES[@]}"; do
       --random-seeds 5 --out "$bl"
   $LGM crossmodel "$bl"/centroids "$bl"/random_s{0,1,2,3,4} --backbone "$bb" --out "$bl/eval"
 done
+python3 "$(dirname "$0")/joint_table_summary.py" "$OUT" | tee "$OUT/table.md"
