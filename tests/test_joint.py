@@ -370,6 +370,8 @@ def test_cli_joint_run_then_eval_and_crossmodel(fashion_root, tmp_path, register
     assert single_row["cross_model_mean"] == pytest.approx((single_row["top1"][b] + single_row["top1"]["toy_cnn"]) / 2)
     md = (matrix_dir / "crossmodel.md").read_text()
     assert f"{a}+{b}" in md and md.count("**") == 2 * 3  # two bold cells for the joint row, one for the single
+    # the 1-NN table labels the joint row the same way (not as a Python list)
+    assert md.count(f"| {a}+{b} |") == 2 and "['" not in md
 
 
 def test_live_real_side_draws_one_batch_for_every_backbone(fashion_root):

@@ -339,6 +339,11 @@ def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -
     return everything
 
 
+def _own_backbones(row: dict) -> list[str]:
+    """The backbones a crossmodel row's artifact was distilled with (one name, or a list for a joint set)."""
+    return row["distilled_with"] if isinstance(row["distilled_with"], list) else [row["distilled_with"]]
+
+
 def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=print) -> dict:
     """Every artifact on every backbone (the paper's Table 2): JSON, CSV and markdown in ``out``.
 
@@ -371,7 +376,7 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
     csv = [",".join(header)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        own = r["distilled_with"] if isinstance(r["distilled_with"], list) else [r["distilled_with"]]
+        own = _own_backbones(r)
         label = "+".join(map(str, own))
         cells = [f"{r['top1'][b] * 100:.1f}" for b in cfg.backbone]
         cross = "" if r["cross_model_mean"] is None else f"{r['cross_model_mean'] * 100:.1f}"
@@ -382,7 +387,7 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
     nn = ["| " + " | ".join(["artifact", "distilled with", *cfg.backbone]) + " |", "|" + "---|" * (len(cfg.backbone) + 2)]
     for r in rows:
         cells = [f"{r['nn1'][b] * 100:.1f}" for b in cfg.backbone]
-        nn.append("| " + " | ".join([r["artifact"], str(r["distilled_with"]), *cells]) + " |")
+        nn.append("| " + " | ".join([r["artifact"], "+".join(map(str, _own_backbones(r))), *cells]) + " |")
     atomic_write_text(out / "crossmodel.md", "\n".join(md) + "\n\nBold: same-model entry (the evaluating backbone "
                       "is one the artifact was distilled with; a joint set has one per distilling backbone). Top-1 %, mean over "
                       "repeats; the cross-model mean leaves every same-model entry out.\n\n"
