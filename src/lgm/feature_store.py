@@ -65,8 +65,7 @@ class FeatureStore:
         return self.root / f"{key_hash(key)}.safetensors"
 
     def get(self, key: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        # As stored (JSON): tuples become lists, so the comparison on read is like for like.
-        key = json.loads(json.dumps({**key, "feature_version": FEATURE_VERSION}, sort_keys=True))
+        key = _stored_key(key)
         if not self.enabled:
             return _finite(compute(), key)
         path = self.path(key)
@@ -74,7 +73,7 @@ class FeatureStore:
         if cached is not None:
             return cached
         feats = _finite(compute(), key)
-        atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
+        _write(path, feats, key)
         return feats
 
     def get_rows(self, key: dict[str, Any], rows: int, compute: Callable[[int, int], torch.Tensor],
@@ -89,12 +88,11 @@ class FeatureStore:
         """
         from tqdm.auto import tqdm
 
-        key = json.loads(json.dumps({**key, "feature_version": FEATURE_VERSION}, sort_keys=True))
+        key = _stored_key(key)
         path = self.path(key)
-        if self.enabled and path.is_file():
-            cached = self._read(path, key)
-            if cached is not None:
-                return cached
+        cached = self._read(path, key) if self.enabled else None
+        if cached is not None:
+            return cached
         chunk = max(batch, chunk // batch * batch)
         partial = path.with_suffix(".partial")
         parts: list[torch.Tensor] = []
@@ -113,14 +111,13 @@ class FeatureStore:
                         bar.update(pieces[-1].shape[0])
                     part = _finite(torch.cat(pieces), key)
                     if self.enabled:
-                        atomic_save_tensors(part_path, {"features": part},
-                                            metadata={"key": json.dumps(part_key, sort_keys=True)})
+                        _write(part_path, part, part_key)
                 else:
                     bar.update(stop - start)
                 parts.append(part)
         feats = torch.cat(parts) if parts else compute(0, 0)
         if self.enabled:
-            atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
+            _write(path, feats, key)
             shutil.rmtree(partial, ignore_errors=True)
         return feats
 
@@ -138,6 +135,15 @@ class FeatureStore:
         except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
             pass
         return None
+
+
+def _stored_key(key: dict[str, Any]) -> dict[str, Any]:
+    # As stored (JSON): tuples become lists, so the comparison on read is like for like.
+    return json.loads(json.dumps({**key, "feature_version": FEATURE_VERSION}, sort_keys=True))
+
+
+def _write(path: Path, feats: torch.Tensor, key: dict[str, Any]) -> None:
+    atomic_save_tensors(path, {"features": feats}, metadata={"key": json.dumps(key, sort_keys=True)})
 
 
 def _finite(feats: torch.Tensor, key: dict[str, Any]) -> torch.Tensor:
