@@ -17,7 +17,7 @@ import lgm.artifacts
 import lgm.distillation
 import lgm.rundir
 from lgm.artifacts import DistilledSet
-from lgm.config import JOINT_KEYS, DistillConfig
+from lgm.config import JOINT_KEYS, LATER_KEYS, DistillConfig
 from lgm.distillation import distill
 from lgm.errors import LgmError, MissingResourceError, NonFiniteLossError, UnknownNameError
 from lgm.rundir import RunDir
@@ -37,8 +37,9 @@ def test_run_directory_contents(fashion_root, tmp_path):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     # Every setting spelled out, except the joint-run keys, which a single-backbone run leaves out (at their
-    # defaults) so that its config and hash are those of runs made before joint distillation existed.
-    assert set(config) == {f for f in DistillConfig.__dataclass_fields__} - set(JOINT_KEYS)
+    # defaults) so that its config and hash are those of runs made before joint distillation existed; the same
+    # for keys added later (at their defaults).
+    assert set(config) == {f for f in DistillConfig.__dataclass_fields__} - set(JOINT_KEYS) - set(LATER_KEYS)
     assert config["grow_every"] > 0  # auto value resolved, not 0
     rows = RunDir(out).read_metrics()
     assert [r["step"] for r in rows] == list(range(12))
@@ -119,6 +120,26 @@ def test_feature_cache_matches_direct_features(fashion_root, tmp_path):
     assert cache["features"].shape == (3 * 40, 32) and cache["features"].dtype == torch.float16
     assert torch.bincount(cache["labels"]).tolist() == [12] * 10
     assert cache["features"].float().std() > 0
+
+
+@pytest.mark.parametrize("real_aug", ["same", "none"])
+def test_real_aug_none_caches_whole_images(fashion_root, tmp_path, real_aug):
+    from lgm.artifacts import load_tensors
+
+    out = tmp_path / real_aug
+    run_tiny(fashion_root, out, steps=2, real_features="cached", cache_per_class=4, cache_views=2, real_aug=real_aug)
+    feats = load_tensors(out / "real_features.safetensors")["features"]
+    distinct = torch.unique(feats, dim=0).shape[0]
+    # none: both views of an image are the same whole image; same: every view is its own random crop
+    assert distinct == (40 if real_aug == "none" else 80)
+    assert ("real_aug" in json.loads((out / "config.json").read_text())) == (real_aug == "none")
+
+
+def test_real_aug_is_in_the_hash_only_when_set():
+    base = DistillConfig("d", "b")
+    assert "real_aug" not in base.to_dict()
+    assert DistillConfig("d", "b", real_aug="none").hash() != base.hash()
+    assert DistillConfig.from_dict(DistillConfig("d", "b", real_aug="none").to_dict()).real_aug == "none"
 
 
 def test_full_real_gradient_is_the_gradient_over_the_whole_cache():

@@ -25,6 +25,10 @@ RUN_CONTROL_KEYS = ("device", "data_root", "checkpoint_every", "progress", "grad
 # single-backbone runs made before joint distillation existed are unchanged.
 JOINT_KEYS = ("backbone_weights", "backbone_schedule")
 
+# Keys added after runs existed: left out of the JSON and hash while they hold their defaults, so configs (and
+# hashes) of earlier runs are unchanged.
+LATER_KEYS = ("real_aug",)
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -68,6 +72,9 @@ class DistillConfig:
     """Std of the Gaussian noise augmentation (pixel space, before normalization)."""
     noise_mean: float = 0.0
     """Mean of the noise (0.5 reproduces the authors' code before their fix)."""
+    real_aug: Literal["same", "none"] = "same"
+    """Real views: through the synthetic side's augmentation (same: SPEC, the paper), or whole images resized to
+    --crop (none: ours, the probe's test view when --res equals --crop; 2 points better on the demo's pair)."""
     real_features: Literal["auto", "live", "cached"] = "auto"
     """Real side. live: backbone passes on sampled images (paper). cached: a complete matching cache from
     `lgm cache-features` (--real-cache, or found under --cache-dir), else a per-run cache of --cache-views views.
@@ -210,6 +217,9 @@ class DistillConfig:
             for key in JOINT_KEYS:
                 if d[key] == JOINT_DEFAULTS[key]:
                     d.pop(key)
+        for key in LATER_KEYS:
+            if d[key] == LATER_DEFAULTS[key]:
+                d.pop(key)
         return d
 
     def semantic(self) -> dict[str, Any]:
@@ -238,3 +248,4 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 JOINT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in JOINT_KEYS}
+LATER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in LATER_KEYS}

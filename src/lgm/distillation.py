@@ -251,7 +251,7 @@ def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
     from lgm.real_cache import CacheFeaturesConfig, cache_key, select_indices
 
     req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
-                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=cfg.aug, clamp_crop=cfg.clamp_crop,
+                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=real_aug_config(cfg).kind, clamp_crop=cfg.clamp_crop,
                               noise_std=cfg.noise_std, noise_mean=cfg.noise_mean, random_init=cfg.random_init,
                               weights=cfg.weights, normalization=cfg.normalization)
     return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
@@ -299,7 +299,7 @@ def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: R
 def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
                     run: RunDir | None, choice: RealSideChoice | None = None,
                     cache=None, cache_name: str = "real_features.safetensors") -> LiveReal | CachedReal:
-    aug_cfg = _aug_config(cfg)
+    aug_cfg = real_aug_config(cfg)
     if choice is None:
         choice, cache = resolve_real_side(cfg, ds, backbone, run)
     if choice.mode == "live":
@@ -343,6 +343,12 @@ def joint_meta(backbones: list[Backbone], cfg: DistillConfig) -> dict:
 
 def _aug_config(cfg: DistillConfig) -> AugmentConfig:
     return AugmentConfig(kind=cfg.aug, clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean)
+
+
+def real_aug_config(cfg: DistillConfig) -> AugmentConfig:
+    """How real images are seen: like the synthetic views (--real-aug same), or whole (none)."""
+    aug = _aug_config(cfg)
+    return aug if cfg.real_aug == "same" else dataclasses.replace(aug, kind="none")
 
 
 def _log(msg: str) -> None:

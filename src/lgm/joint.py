@@ -148,13 +148,13 @@ class JointReal:
 
 def build_joint_real(cfg: DistillConfig, ds, backbones: list[Backbone], device: torch.device, autocast,
                      run) -> JointReal:
-    from lgm.distillation import RealSideChoice, _aug_config, build_real_side, resolve_real_side
+    from lgm.distillation import RealSideChoice, build_real_side, real_aug_config, resolve_real_side
 
     # Each backbone's standalone cache where one matches (issue 7); with --real-features live, or auto and no
     # cache at all, the paper's live side; otherwise a per-run cache for every backbone without a standalone one.
     resolved = [] if cfg.real_features == "live" else [resolve_real_side(cfg, ds, bb, None) for bb in backbones]
     if all(choice.mode == "live" for choice, _ in resolved):
-        return JointReal(backbones, live=LiveReal(ds.train, cfg.res, cfg.crop, _aug_config(cfg), backbones[0],
+        return JointReal(backbones, live=LiveReal(ds.train, cfg.res, cfg.crop, real_aug_config(cfg), backbones[0],
                                                   device, autocast))
     cached = []
     for k, (bb, (choice, cache)) in enumerate(zip(backbones, resolved)):
