@@ -41,6 +41,7 @@ def test_demo_flags_reach_the_distillation():
     # Every demo flag that is also a distillation setting must change the run; the rest stay DEMO_DISTILL's.
     default = demo_distill_config(DemoConfig())
     assert default.init == "real" and default.steps == DEMO_DISTILL["steps"] and default.dataset == "fashion-mnist"
-    changed = demo_distill_config(DemoConfig(init="noise", steps=7, augs=3, seed=5))
-    assert (changed.init, changed.steps, changed.augs, changed.seed) == ("noise", 7, 3, 5)
+    assert default.real_aug == "none"
+    changed = demo_distill_config(DemoConfig(init="noise", steps=7, augs=3, seed=5, real_aug="same"))
+    assert (changed.init, changed.steps, changed.augs, changed.seed, changed.real_aug) == ("noise", 7, 3, 5, "same")
     assert changed.res == default.res and changed.real_gradient == default.real_gradient
