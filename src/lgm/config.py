@@ -213,12 +213,8 @@ class DistillConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if not self.joint:
-            for key in JOINT_KEYS:
-                if d[key] == JOINT_DEFAULTS[key]:
-                    d.pop(key)
-        for key in LATER_KEYS:
-            if d[key] == LATER_DEFAULTS[key]:
+        for key in LATER_KEYS + (() if self.joint else JOINT_KEYS):
+            if d[key] == OMITTED_DEFAULTS[key]:
                 d.pop(key)
         return d
 
@@ -247,5 +243,4 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-JOINT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in JOINT_KEYS}
-LATER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in LATER_KEYS}
+OMITTED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in JOINT_KEYS + LATER_KEYS}
