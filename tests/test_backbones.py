@@ -537,3 +537,27 @@ def test_distill_passes_normalization_and_checkpointing_to_the_backbone(fashion_
     assert DistillConfig(dataset="fashion-mnist", backbone="toy_cnn", normalization="imagenet").hash() != base.hash()
     r = subprocess.run([sys.executable, "-m", "lgm", "distill", "--help"], capture_output=True, text=True, timeout=300)
     assert "--normalization" in r.stdout and "--grad-checkpointing" in r.stdout
+
+
+def test_convnets_run_channels_last_in_cpu_micro_batches_with_the_same_features():
+    from lgm.backbones import base
+
+    bb = load_backbone("effnet_lite0", random_init=True)
+    convs = [p for p in bb.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    x = torch.rand(20, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    assert bb.micro_batch(bb.preprocess(x)) == base.CPU_BATCH_PIXELS // 128**2 < 20
+    with torch.no_grad():
+        split = bb.features(x)
+        whole = torch.cat([bb.model(bb.preprocess(x))])
+        single = torch.cat([bb.features(x[i:i + 1]) for i in range(3)])
+    assert split.shape == (20, bb.feature_dim)
+    torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(split[:3], single, atol=1e-4, rtol=1e-4)
+    # Gradients reach the input through the split batches.
+    xg = x[:18].clone().requires_grad_(True)
+    bb.features(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    # Transformers and GPUs are not split.
+    vit = load_backbone("dinov2_vits14", random_init=True, input_size=28)
+    assert vit.micro_batch(vit.preprocess(torch.rand(64, 3, 28, 28))) == 64

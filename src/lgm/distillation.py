@@ -451,10 +451,10 @@ def distill(
 
     autocast = autocast_context(cfg, device)
     if cfg.joint:
-        bbs = [speed_up_backbone(b, cfg, device) for b in bbs]
+        bbs = [speed_up_backbone(b, cfg) for b in bbs]
         real = joint.build_joint_real(cfg, ds, bbs, device, autocast, run)
     else:
-        bb = speed_up_backbone(bb, cfg, device)
+        bb = speed_up_backbone(bb, cfg)
         real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
         if writer is not None:
             atomic_write_json(writer.path / REAL_SIDE_FILE, choice.to_dict())
@@ -588,10 +588,8 @@ def _real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, device: torch
     return build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
 
 
-def speed_up_backbone(bb: Backbone, cfg: DistillConfig, device: torch.device) -> Backbone:
-    """Channels-last weights for CNNs on CUDA; ``--compile``: torch.compile of the wrapped model."""
-    if device.type == "cuda" and sum(isinstance(m, torch.nn.Conv2d) for m in bb.modules()) > 2:
-        bb = bb.to(memory_format=torch.channels_last)
+def speed_up_backbone(bb: Backbone, cfg: DistillConfig) -> Backbone:
+    """``--compile``: torch.compile of the wrapped model (convnets are channels-last already: Backbone)."""
     if cfg.compile:
         bb.model = torch.compile(bb.model)
     return bb
