@@ -173,3 +173,51 @@ def test_resumed_run_keeps_its_recorded_real_side(fashion_root, tmp_path, monkey
     assert json.loads((tmp_path / "run" / "real_side.json").read_text())["mode"] == "live"
     assert torch.equal(resumed.images, reference.images)
     assert run(tmp_path / "fresh").meta["real_side"]["mode"] == "standalone"
+
+
+class CountingBackbone:
+    """A backbone stand-in that counts the images it embeds."""
+
+    def __init__(self, backbone):
+        self.backbone, self.images = backbone, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backbone, name)
+
+    def features(self, x):
+        self.images += x.shape[0]
+        return self.backbone.features(x)
+
+
+def test_unaugmented_views_are_computed_once_and_copied(fashion_root, tmp_path):
+    from lgm.augment import AugmentConfig
+    from lgm.features import compute_feature_cache
+
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    counting = CountingBackbone(load_backbone("toy_cnn"))
+    cache = build_real_cache(cfg_for(fashion_root, aug="none", views=3, out=str(tmp_path / "c")), ds, counting, CPU,
+                             contextlib.nullcontext())
+    assert counting.images == 50 and cache.features.shape[0] == 150
+    assert torch.equal(cache.features[:50], cache.features[100:]) and torch.equal(cache.features[:50], cache.features[50:100])
+
+    split = ds.train.subset(torch.arange(30))
+    for kind, seen in (("none", 30), ("standard", 90)):
+        counting.images = 0
+        feats, labels = compute_feature_cache(counting, split, 16, 14, AugmentConfig(kind=kind), 3,
+                                              torch.Generator().manual_seed(0), CPU, contextlib.nullcontext(),
+                                              batch=7, progress=False)
+        assert counting.images == seen and feats.shape == (90, 32) and torch.equal(labels, split.labels.repeat(3))
+        assert torch.equal(feats[:30], feats[60:]) == (kind == "none")
+
+
+def test_unaugmented_cache_key_ignores_crop_and_noise_settings(fashion_root):
+    from lgm.real_cache import cache_key, select_indices
+
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    bb = load_backbone("toy_cnn")
+    idx = select_indices(ds, 5, 0)
+
+    def key(**kw):
+        return cache_key(cfg_for(fashion_root, **kw), ds, bb, idx)
+    assert key(aug="none", noise_std=0.5, clamp_crop=False) == key(aug="none")
+    assert key(noise_std=0.5) != key() and key(aug="none") != key()

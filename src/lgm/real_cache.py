@@ -151,7 +151,8 @@ def cache_key(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, in
         "train_labels": hashlib.sha256(labels.tobytes()).hexdigest()[:16],
         "res": cfg.res,
         "crop": cfg.crop,
-        "augment": dataclasses.asdict(cfg.augment_config()),
+        # Without augmentation the crop and noise settings change nothing, so they stay out of the key.
+        "augment": {"kind": "none"} if cfg.aug == "none" else dataclasses.asdict(cfg.augment_config()),
         "views": cfg.views,
         "per_class": cfg.per_class,
         "seed": cfg.seed,
@@ -271,14 +272,17 @@ def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backb
                   disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True):
         v, s = chunks[c]
         e = min(s + cfg.batch, n)
-        gen.manual_seed(block_seed(cfg.seed, c))
-        x = split.load(indices[s:e], cfg.res, device)
-        with autocast:
-            z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
-        if not torch.isfinite(z).all():
-            raise LgmError(f"the backbone produced NaN or infinite features (view {v}, images {s}..{e - 1}); "
-                           f"the cache in {path} stays incomplete")
-        mm[v * n + s: v * n + e] = z.cpu().half().numpy()
+        if aug.kind == "none" and v > 0:
+            mm[v * n + s: v * n + e] = mm[s:e]  # unaugmented views are all the same: view 0 is done, copy it
+        else:
+            gen.manual_seed(block_seed(cfg.seed, c))
+            x = split.load(indices[s:e], cfg.res, device)
+            with autocast:
+                z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
+            if not torch.isfinite(z).all():
+                raise LgmError(f"the backbone produced NaN or infinite features (view {v}, images {s}..{e - 1}); "
+                               f"the cache in {path} stays incomplete")
+            mm[v * n + s: v * n + e] = z.cpu().half().numpy()
         mm.flush()
         meta["chunks_done"] = c + 1
         atomic_write_json(meta_path, meta)
