@@ -32,7 +32,7 @@ DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, ste
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The offline default: EfficientNet-Lite0 on Fashion-MNIST, 1 image per class, ~9 min of distillation on 2 CPU cores."""
+    """The offline default: EfficientNet-Lite0 on Fashion-MNIST, 1 image per class, ~9 min of distillation on 2 cores."""
 
     out: str = "runs/demo"
     """Directory of the demo (the distillation run lives in OUT/distill)."""
