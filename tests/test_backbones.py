@@ -549,7 +549,7 @@ def test_convnets_run_channels_last_in_cpu_micro_batches_with_the_same_features(
     assert bb.micro_batch(bb.preprocess(x)) == base.CPU_BATCH_PIXELS // 128**2 < 20
     with torch.no_grad():
         split = bb.features(x)
-        whole = torch.cat([bb.model(bb.preprocess(x))])
+        whole = bb.model(bb.preprocess(x))
         single = torch.cat([bb.features(x[i:i + 1]) for i in range(3)])
     assert split.shape == (20, bb.feature_dim)
     torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
