@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lgm.artifacts import DistilledSet, atomic_write_json
+from lgm.backbone_spec import BackboneFlags, recorded_specs, weights_record
 from lgm.data import ImageDataset, stratified_indices
 from lgm.errors import LgmError
 from lgm.evaluate import stored_split_features, validation_split
@@ -53,7 +54,7 @@ def neighbor_indices(query: torch.Tensor, query_labels: torch.Tensor, features: 
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(BackboneFlags):
     """Real-image baselines for a dataset and backbone (artifacts for `lgm eval`)."""
 
     dataset: str
@@ -84,15 +85,16 @@ def _log(msg: str) -> None:
     print(f"lgm baselines: {msg}", file=sys.stderr, flush=True)
 
 
-def selection_artifact(ds: ImageDataset, idx: torch.Tensor, res: int, how: dict) -> DistilledSet:
+def selection_artifact(ds: ImageDataset, idx: torch.Tensor, res: int, how: dict,
+                       normalization: str = "native") -> DistilledSet:
     return DistilledSet(ds.train.load(idx, res), ds.train.labels[idx].clone(), list(ds.class_names),
                         {"kind": "baseline", "dataset": ds.name, "indices": idx.tolist(),
-                         "config": {"res": res, "crop": how.get("crop", res)}, "lgm_version": __version__} | how)
+                         "config": {"res": res, "crop": how.get("crop", res), "normalization": normalization},
+                         "lgm_version": __version__} | how)
 
 
 def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     """Write random (per seed), centroids, neighbors (with --distilled) and the full reference; return paths."""
-    from lgm.backbones import load_backbone
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
 
@@ -101,6 +103,10 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)
     distilled = DistilledSet.load(cfg.distilled) if cfg.distilled else None
+    # The distilled set's own backbone comes with the weights it recorded; every check before any file is written.
+    spec = cfg.spec_for(cfg.backbone, recorded_specs(distilled.meta) if distilled else None, [cfg.backbone],
+                        cfg.backbone, str(cfg.distilled or "the baselines"))
+    backbone = spec.load(device)
     stored = distilled.meta.get("config", {}) if distilled else {}
     res = cfg.res or int(stored.get("res", 256))
     crop = cfg.crop or int(stored.get("crop", 224))
@@ -108,18 +114,22 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     pool = (torch.arange(len(ds.train)) if getattr(ds, "val", None) is not None
             else validation_split(ds.train.labels, cfg.val_per_class)[0])
     paths: dict[str, Path] = {}
-    common = {"backbone": cfg.backbone, "ipc": cfg.ipc, "crop": crop,
-              "pool": f"training split minus {cfg.val_per_class} validation images per class"}
+    # What later commands need to rebuild the same backbone (lgm.backbone_spec.recorded_specs reads it).
+    made_with = {"backbone": cfg.backbone, "random_init": spec.random_init}
+    if spec.weights:
+        made_with["weights_file"] = weights_record(spec.weights)
+    common = made_with | {"ipc": cfg.ipc, "crop": crop,
+                          "pool": f"training split minus {cfg.val_per_class} validation images per class"}
     for seed in range(cfg.random_seeds):
         idx = random_indices(ds.train.labels, cfg.ipc, seed, pool)
-        art = selection_artifact(ds, idx, res, common | {"selection": "random", "seed": seed})
+        art = selection_artifact(ds, idx, res, common | {"selection": "random", "seed": seed}, spec.normalization)
         paths[f"random_s{seed}"] = art.save(out / f"random_s{seed}" / "distilled")
-    backbone = load_backbone(cfg.backbone, device)
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
     _log(f"features of {pool.numel()} training images on {cfg.backbone}")
     feats = stored_split_features(ds, "train", pool, backbone, res, crop, device, store)
     idx = pool[centroid_indices(feats, ds.train.labels[pool], ds.num_classes, cfg.ipc)]
-    art = selection_artifact(ds, idx, res, common | {"selection": "centroids (nearest to class mean, L2)"})
+    art = selection_artifact(ds, idx, res, common | {"selection": "centroids (nearest to class mean, L2)"},
+                             spec.normalization)
     paths["centroids"] = art.save(out / "centroids" / "distilled")
     if distilled is not None:
         if distilled.class_names != list(ds.class_names):
@@ -130,12 +140,13 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
         idx = pool[neighbor_indices(q, distilled.labels, feats, ds.train.labels[pool])]
         art = selection_artifact(ds, idx, res, common | {"selection": "neighbors (most cosine-similar real image "
                                                                        "of the class, per distilled image)",
-                                                          "distilled": str(cfg.distilled)})
+                                                          "distilled": str(cfg.distilled)}, spec.normalization)
         paths["neighbors"] = art.save(out / "neighbors" / "distilled")
     full = out / "full" / "full.json"
     atomic_write_json(full, {"kind": "full-dataset", "dataset": ds.name, "images": int(pool.numel()),
-                             "val_per_class": cfg.val_per_class, "config": {"res": res, "crop": crop},
-                             "lgm_version": __version__})
+                             "val_per_class": cfg.val_per_class,
+                             "config": {"res": res, "crop": crop, "normalization": spec.normalization},
+                             "lgm_version": __version__} | made_with)
     paths["full"] = full
     for name, p in paths.items():
         _log(f"{name}: {p}")

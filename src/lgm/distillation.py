@@ -21,6 +21,7 @@ import torch
 
 from lgm.artifacts import DistilledSet, atomic_save_tensors, atomic_write_json, load_tensors
 from lgm.augment import AugmentConfig, ViewAugmenter
+from lgm.backbone_spec import weights_record
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_indices
@@ -397,11 +398,11 @@ def distill(
     run = RunDir(Path(out)) if out is not None else None
     writer = run if shard.is_main else None  # the only process that writes the run directory
     if run is not None:
-        def prepare() -> bool:
-            run.prepare(cfg)
+        def check() -> bool:
+            run.check(cfg)
             return run.finished()
 
-        if shard.run_on_main(prepare):
+        if shard.run_on_main(check):
             _log(f"{run.path} already holds a finished run ({cfg.steps} steps); nothing to do")
             return DistilledSet.load(run.path)
 
@@ -416,6 +417,10 @@ def distill(
         bb = (load_backbone(cfg.backbone, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
                             grad_checkpointing=cfg.grad_checkpointing) if isinstance(backbone, str)
               else backbone.to(device))
+    # Recorded so that every later command finds (and checks) the same file.
+    weights_file = weights_record(cfg.weights) if cfg.weights and not cfg.joint else None
+    if run is not None:  # dataset, backbones and weights are good: now the run directory may be written
+        shard.run_on_main(lambda: run.create(cfg))
     choice = shard.run_on_main(lambda: resolve_real_side(cfg, ds, bb, run)[0])
     n_real = real_batch_size(cfg, ds.num_classes)
     if choice.mode == "live" and n_real > len(ds.train):
@@ -559,6 +564,7 @@ def distill(
             "dataset": ds.name,
             "backbone": bb.name,
             "random_init": bool(bb.random_init),
+            **({"weights_file": weights_file} if weights_file else {}),
             **(joint_meta(bbs, cfg) if cfg.joint else {}),
             "ipc": cfg.ipc,
             "config": cfg.to_dict(),

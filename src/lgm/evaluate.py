@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from lgm.artifacts import DistilledSet
+from lgm.backbone_spec import BackboneFlags, recorded_specs
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
 from lgm.errors import LgmError
@@ -152,7 +153,7 @@ class EvalContext:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(BackboneFlags):
     """Linear-probe evaluation of artifacts on the real test split (SPEC §6)."""
 
     backbone: tuple[str, ...] = ()
@@ -181,8 +182,6 @@ class EvalConfig:
     """Store and reuse test/validation features on disk (--no-cache recomputes)."""
     on_bad_image: Literal["fail", "skip"] = "fail"
     """Unreadable/corrupt image files in the dataset: stop naming them, or skip them with a warning."""
-    random_init: bool = False
-    """Randomly initialized backbones (tests and speed checks; marked in every result)."""
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig.named(self.protocol, views=self.views, epochs=self.epochs)
@@ -208,6 +207,11 @@ def check_artifact(artifact: DistilledSet, ds: ImageDataset, where: str) -> None
         raise LgmError(f"{where}: images contain NaN or infinite values")
 
 
+def weights_label(bb: Backbone) -> str:
+    """Which weights a result was computed with, for eval.json and reports."""
+    return "random-init" if bb.random_init else (bb.weights_id or "default")
+
+
 def distilled_with(artifact: DistilledSet) -> tuple:
     """The backbone(s) an artifact was made with: one name, or every backbone of a joint run (empty: unknown)."""
     own = artifact.meta.get("backbone")
@@ -218,7 +222,6 @@ def distilled_with(artifact: DistilledSet) -> tuple:
 
 def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print) -> dict:
     """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
-    from lgm.backbones import load_backbone
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
 
@@ -236,21 +239,24 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
     backbones = cfg.backbone or distilled_with(artifact)
     if not all(backbones):
         raise LgmError(f"{where} does not record its backbone; pass --backbone")
+    recorded, own = recorded_specs(artifact.meta), distilled_with(artifact)
+    specs = [cfg.spec_for(name, recorded, backbones, own[0] if len(own) == 1 else None, where) for name in backbones]
     results = {}
-    for name in backbones:
-        bb = load_backbone(name, device, random_init=cfg.random_init)
+    for spec in specs:
+        name = spec.name
+        bb = spec.load(device)
         ctx = EvalContext.build(ds, bb, res, crop, device, cfg.probe(), cfg.val_per_class, store=store)
         scores = ctx.score_images(images, artifact.labels, list(range(cfg.repeats)))
         log(f"{where} on {name}: top-1 {scores['top1']['mean'] * 100:.1f} ± {scores['top1']['std'] * 100:.1f}, "
             f"1-NN {scores['nn1'] * 100:.1f}")
         results[name] = scores | {"protocol": ctx.protocol(), "dataset": ds.name, "images": int(len(images)),
-                                  "random_init_backbone": bool(bb.random_init)}
+                                  "random_init_backbone": bool(bb.random_init),
+                                  "weights": weights_label(bb)}
     return results
 
 
 def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log=print) -> dict:
     """The full-dataset reference: a probe on every training image outside the validation split (SPEC §7)."""
-    from lgm.backbones import load_backbone
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
 
@@ -259,9 +265,13 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
     stored = ref.get("config", {})
     res, crop = cfg.res or int(stored.get("res", 256)), cfg.crop or int(stored.get("crop", 224))
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
+    names = tuple(cfg.backbone or ())
+    recorded = recorded_specs(ref)
+    specs = [cfg.spec_for(name, recorded, names, ref.get("backbone"), where) for name in names]
     results = {}
-    for name in cfg.backbone or ():
-        bb = load_backbone(name, device, random_init=cfg.random_init)
+    for spec in specs:
+        name = spec.name
+        bb = spec.load(device)
         ctx = EvalContext.build(ds, bb, res, crop, device, FULL_PROBE, cfg.val_per_class, store=store)
         feats = stored_split_features(ds, "train", ctx.train_index, bb, res, crop, device, store)
         labels = ds.train.labels[ctx.train_index]
@@ -273,7 +283,8 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
         log(f"{where} on {name}: top-1 {statistics.fmean(top1) * 100:.1f}, 1-NN {nn1 * 100:.1f}")
         results[name] = {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": probe.epoch.tolist(),
                          "protocol": ctx.protocol() | {"views": "1 center view per image"}, "dataset": ds.name,
-                         "images": int(len(labels)), "random_init_backbone": bool(bb.random_init)}
+                         "images": int(len(labels)), "random_init_backbone": bool(bb.random_init),
+                         "weights": weights_label(bb)}
     if not results:
         raise LgmError(f"{where}: name the backbone(s) to probe with --backbone")
     return results

@@ -127,13 +127,11 @@ def weights_identity(weights: str | None, random_init: bool) -> str:
     if weights is None:
         return "default"
     path = Path(weights)
-    if not path.is_file():
+    if not path.exists():
         return f"file:{path}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+    from lgm.backbone_spec import weights_sha256
+
+    return f"sha256:{weights_sha256(path)[:16]}"
 
 
 def cache_key(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, indices: torch.Tensor) -> dict[str, Any]:

@@ -152,6 +152,11 @@ class RunDir:
 
     def prepare(self, cfg: DistillConfig) -> None:
         """Create the directory, or check that an existing one holds the same run."""
+        self.check(cfg)
+        self.create(cfg)
+
+    def check(self, cfg: DistillConfig) -> None:
+        """Refuse a directory that holds another run or other files; writes nothing."""
         config_path = self.path / self.CONFIG
         if config_path.is_file():
             stored = DistillConfig.from_dict(read_json(config_path))
@@ -163,8 +168,11 @@ class RunDir:
                 )
         elif self.path.exists() and any(self.path.iterdir()):
             raise LgmError(f"{self.path} exists, is not empty and holds no {self.CONFIG}; choose another --out")
+
+    def create(self, cfg: DistillConfig) -> None:
+        """Write the directory and its config.json: only once the run's inputs have passed their checks."""
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_path, cfg.to_dict())
+        atomic_write_json(self.path / self.CONFIG, cfg.to_dict())
 
     def finished(self) -> bool:
         return (self.path / "distilled.safetensors").is_file() and (self.path / "distilled.json").is_file()

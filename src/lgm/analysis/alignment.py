@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from lgm.backbone_spec import BackboneFlags
 from lgm.errors import LgmError
 
 
@@ -66,7 +67,7 @@ def alignment_matrix(features: dict[str, torch.Tensor], k: int = 10) -> list[lis
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignConfig(BackboneFlags):
     """Mutual k-NN alignment between backbones on the same real training images (SPEC §8)."""
 
     dataset: str
@@ -91,8 +92,6 @@ class AlignConfig:
     cache: bool = True
     """Store and reuse features on disk (--no-cache recomputes)."""
     on_bad_image: Literal["fail", "skip"] = "fail"
-    random_init: bool = False
-    """Randomly initialised backbones (tests)."""
 
 
 def aligned_sample(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
@@ -106,7 +105,6 @@ def aligned_sample(labels: torch.Tensor, num_classes: int, n: int, seed: int) ->
 def run_align(cfg: AlignConfig, log=None) -> dict:
     """Features of the same images on every backbone (through the feature store), the matrix, and its files."""
     from lgm.artifacts import atomic_write_json, atomic_write_text
-    from lgm.backbones import load_backbone
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
     from lgm.evaluate import stored_split_features
@@ -127,10 +125,12 @@ def run_align(cfg: AlignConfig, log=None) -> dict:
     if cfg.k >= len(index):
         raise LgmError(f"--k {cfg.k} needs more than {cfg.k} images; the sample holds {len(index)}")
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
+    specs = [cfg.spec_for(name, names=cfg.backbones) for name in cfg.backbones]  # every file checked up front
     features = {}
-    for name in cfg.backbones:
+    for spec in specs:
+        name = spec.name
         log(f"features of {len(index)} {ds.name} training images on {name}")
-        bb = load_backbone(name, device, random_init=cfg.random_init)
+        bb = spec.load(device)
         features[name] = stored_split_features(ds, "train", index, bb, cfg.res, cfg.crop, device, store)
         del bb
     matrix = alignment_matrix(features, cfg.k)

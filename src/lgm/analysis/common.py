@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from lgm.artifacts import DistilledSet
+from lgm.backbone_spec import BackboneFlags
 from lgm.errors import LgmError
 
 
@@ -50,7 +51,7 @@ class RunContext:
 
 
 @dataclass(frozen=True)
-class RunSource:
+class RunSource(BackboneFlags):
     """The flags of an analysis that reads one run: whose embedding space, and where its data and features live."""
 
     backbone: str | None = None
@@ -63,14 +64,18 @@ class RunSource:
 
     def open(self, run: str | Path) -> "RunContext":
         return open_run(run, self.backbone, self.device, self.data_root, self.cache_dir, self.cache,
-                        self.on_bad_image)
+                        self.on_bad_image, flags=self)
 
 
 def open_run(run: str | Path, backbone: str | None = None, device: str = "auto", data_root: str | None = None,
              cache_dir: str | None = None, cache: bool = True, on_bad_image: str = "fail",
-             random_init: bool | None = None) -> RunContext:
-    """Load a run directory (or artifact) with the dataset and backbone it records (``backbone`` overrides)."""
-    from lgm.backbones import load_backbone
+             flags: BackboneFlags | None = None) -> RunContext:
+    """Load a run directory (or artifact) with the dataset and backbone it records (``backbone`` overrides).
+
+    The backbone is built as the artifact records it (weights file checked by sha256, normalization,
+    random init), unless ``flags`` (--weights, --random-init, --normalization) say otherwise.
+    """
+    from lgm.backbone_spec import recorded_specs
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
     from lgm.evaluate import check_artifact
@@ -89,10 +94,8 @@ def open_run(run: str | Path, backbone: str | None = None, device: str = "auto",
     check_artifact(artifact, ds, str(path))
     res = int(stored.get("res") or artifact.images.shape[-1])
     crop = int(stored.get("crop") or res)
-    rand = bool(artifact.meta.get("random_init", False)) if random_init is None else random_init
-    own = backbone in (None, artifact.meta.get("backbone"))
-    bb = load_backbone(bb_name, dev, random_init=rand, weights=stored.get("weights") if own else None,
-                       normalization=stored.get("normalization", "native") if own else "native")
+    flags = flags or BackboneFlags()
+    bb = flags.spec_for(bb_name, recorded_specs(artifact.meta), [bb_name], bb_name, str(path)).load(dev)
     return RunContext(path, artifact, ds, bb, res, crop, dev, FeatureStore(cache_dir, enabled=cache))
 
 

@@ -177,7 +177,9 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
     parts = [f"<h1>{esc(title)}</h1>"]
 
     # Provenance.
-    weights = config.get("weights") or ("random init" if meta.get("random_init") else "the backbone's installed default")
+    wf = meta.get("weights_file") if isinstance(meta.get("weights_file"), dict) else {}
+    weights = (f"{wf.get('path')} (sha256 {wf.get('sha256')})" if wf else config.get("weights")
+               or ("random init" if meta.get("random_init") else "the backbone's installed default"))
     prov = [["run", str(run)], ["dataset", meta.get("dataset", config.get("dataset", ""))],
             ["data root", config.get("data_root") or "default ($LGM_DATA_ROOT or the dataset's standard place)"],
             ["backbone", meta.get("backbone", config.get("backbone", ""))], ["weights", weights],

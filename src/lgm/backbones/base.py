@@ -73,6 +73,7 @@ class Backbone(nn.Module):
         self.info = info
         self.model = model
         self.random_init = random_init
+        self.weights_id: str | None = None  # "sha256:..." when built from a file (load_backbone sets it)
         self.normalization = normalization
         mean, std = NORMALIZATIONS[normalization] or (info.mean, info.std)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
