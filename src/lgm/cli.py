@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(cmd)
     except LgmError as e:
         print(f"lgm: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+        return e.exit_code
 
 
 if __name__ == "__main__":

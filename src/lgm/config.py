@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 from lgm.synthetic.pyramid import default_grow_every, num_levels_for
 
 # Keys that say how a run is executed, not what it computes: they may change
@@ -184,7 +184,7 @@ class DistillConfig:
             problems.append("--real-cache names a feature cache but --real-features is live; use cached or auto")
         problems += self._joint_problems()
         if problems:
-            raise LgmError("invalid distillation settings:\n  " + "\n  ".join(problems))
+            raise UsageError("invalid distillation settings:\n  " + "\n  ".join(problems))
 
     def _joint_problems(self) -> list[str]:
         import math

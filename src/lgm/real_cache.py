@@ -41,7 +41,7 @@ from lgm.artifacts import atomic_write_json, read_json
 from lgm.augment import AugmentConfig, augment, block_seed
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 from lgm.feature_store import cache_root, key_hash
 from lgm.version import __version__
 
@@ -117,7 +117,7 @@ class CacheFeaturesConfig:
         if self.crop > self.res:
             problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
         if problems:
-            raise LgmError("invalid cache-features settings:\n  " + "\n  ".join(problems))
+            raise UsageError("invalid cache-features settings:\n  " + "\n  ".join(problems))
 
 
 def weights_identity(weights: str | None, random_init: bool) -> str:

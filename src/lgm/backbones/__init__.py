@@ -51,6 +51,15 @@ class BackboneRegistry(Registry[BackboneEntry]):
     def get(self, name: str) -> BackboneEntry:
         if name.startswith(timm_any.PREFIX) and name not in self._items:
             return timm_entry(name)
+        if name not in self._items:
+            import timm
+
+            # "resnet18" is a timm model: timm:resnet18 comes before lgm's own (unrelated) near-matches.
+            exact = [timm_any.PREFIX + name] if timm.is_model(name) else []
+            close = [] if exact else [timm_any.PREFIX + m for m in timm_any.timm_suggestions(name, 3)]
+            raise UnknownNameError(self.kind, name, list(self._items), also=exact,
+                                   extra="Any timm model works as timm:<model_name>"
+                                         + (f" (close: {', '.join(close)})." if close else "."))
         return super().get(name)
 
     def __contains__(self, name: object) -> bool:

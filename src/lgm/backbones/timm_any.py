@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from lgm.backbones.weights import (
     missing_hf_weights,
     read_weights_file,
 )
-from lgm.errors import LgmError, UnknownNameError
+from lgm.errors import LgmError, MissingResourceError, UnknownNameError
 
 PREFIX = "timm:"
 
@@ -41,17 +42,68 @@ class PreLogits(nn.Module):
         self.net.set_grad_checkpointing(enable)
 
 
+HUB_SOURCE = "hf-hub:"
+LOCAL_SOURCE = "local-dir:"
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local HF cache snapshot of a timm model repository (its config.json is there); never downloads."""
+    from lgm.backbones.weights import find_in_hf_cache, hf_cache_entry
+
+    repo_id = repo_id.split("@", 1)[0]
+    found = find_in_hf_cache(repo_id, ("config.json",))
+    if found is None:
+        raise MissingResourceError(
+            f"timm:{HUB_SOURCE}{repo_id} is read from the local Hugging Face cache only, and its config.json is not "
+            f"there ({hf_cache_entry(repo_id)}); lgm never downloads. Fetch it once on a machine with network "
+            f"(`hf download {repo_id}`) and copy the cache entry, or point HF_HUB_CACHE at a cache that holds it; "
+            "a folder holding config.json + model.safetensors also works as timm:local-dir:PATH"
+        )
+    return found.parent
+
+
+def timm_model_name(model_name: str) -> str:
+    """The name timm.create_model gets: hf-hub:ORG/NAME becomes local-dir:<its snapshot in the HF cache>."""
+    if model_name.startswith(HUB_SOURCE):
+        return LOCAL_SOURCE + str(_hub_snapshot(model_name[len(HUB_SOURCE):]))
+    return model_name
+
+
 def check_name(model_name: str) -> None:
+    """Fail with a short error and close timm names for a model timm does not know."""
     import timm
 
+    if model_name.startswith(HUB_SOURCE):
+        _hub_snapshot(model_name[len(HUB_SOURCE):])
+        return
+    if model_name.startswith(LOCAL_SOURCE):
+        folder = Path(model_name[len(LOCAL_SOURCE):])
+        if not (folder / "config.json").is_file():
+            raise MissingResourceError(f"timm:{model_name}: {folder / 'config.json'} not found (a local-dir model "
+                                       "is a folder holding timm's config.json and model.safetensors)")
+        return
     if not timm.is_model(model_name):
-        known = timm.list_models() + timm.list_pretrained()
-        raise UnknownNameError("timm model", model_name, known)
+        raise UnknownNameError("timm model", model_name, timm_suggestions(model_name), listing=False,
+                               extra="List timm's models with: python -c \"import timm; "
+                                     "print(timm.list_models('*PATTERN*', pretrained=True))\"")
+
+
+def timm_suggestions(name: str, n: int = 5) -> list[str]:
+    """timm architectures and pretrained tags closest to ``name``."""
+    import difflib
+
+    import timm
+
+    base = name.split(".", 1)[0]
+    close = difflib.get_close_matches(name, timm.list_models() + timm.list_pretrained(), n=n, cutoff=0.6)
+    close += [m for m in difflib.get_close_matches(base, timm.list_models(), n=n, cutoff=0.6) if m not in close]
+    return close[:n]
 
 
 def _create(model_name: str, input_size: int | None) -> nn.Module:
     import timm
 
+    model_name = timm_model_name(model_name)
     if input_size is not None:
         try:
             # Models with a fixed token grid (ViTs) are built for the requested size.
@@ -71,7 +123,7 @@ def timm_info(name: str, input_size: int | None = None) -> BackboneInfo:
     size = input_size or int(cfg["input_size"][-1])
     with torch.no_grad():
         dim = PreLogits(net)(torch.empty(1, 3, size, size, device="meta")).shape[-1]
-    hub = cfg.get("hf_hub_id")
+    hub = cfg.get("hf_hub_id") or _hub_id(model_name)
     return BackboneInfo(
         name=name,
         feature_dim=int(dim),
@@ -88,6 +140,10 @@ def timm_info(name: str, input_size: int | None = None) -> BackboneInfo:
 def _hub_id(model_name: str) -> str | None:
     from timm.models import get_pretrained_cfg
 
+    if model_name.startswith(HUB_SOURCE):
+        return model_name[len(HUB_SOURCE):].split("@", 1)[0]
+    if model_name.startswith(LOCAL_SOURCE):
+        return None
     cfg = get_pretrained_cfg(model_name)
     return None if cfg is None else cfg.hf_hub_id
 
@@ -95,6 +151,14 @@ def _hub_id(model_name: str) -> str | None:
 def default_weights(name: str):
     from timm.models import get_pretrained_cfg
 
+    model_name = name[len(PREFIX):]
+    if model_name.startswith((HUB_SOURCE, LOCAL_SOURCE)):
+        # The weights lie beside the config: timm:hf-hub:ORG/NAME's snapshot, or the local folder.
+        try:
+            folder = Path(timm_model_name(model_name)[len(LOCAL_SOURCE):])
+        except MissingResourceError:
+            return None
+        return next((folder / f for f in HF_WEIGHT_FILES if (folder / f).is_file()), None)
     cfg = get_pretrained_cfg(name[len(PREFIX):])
     if cfg is None or not cfg.hf_hub_id:
         return None

@@ -79,8 +79,15 @@ def read_weights_file(path: str | Path, what: str) -> dict:
 
 def hf_cache_dir() -> Path:
     """The hub cache huggingface_hub uses (HF_HUB_CACHE / HF_HOME respected), read at call time."""
+    import os
+
     from huggingface_hub import constants
 
+    # huggingface_hub reads these once, at its import; a later change of the environment still counts here.
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
     return Path(constants.HF_HUB_CACHE)
 
 
