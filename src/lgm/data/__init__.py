@@ -1,11 +1,22 @@
 """Dataset registry: names -> labelled image datasets read from local files.
 
 ``load_dataset(name, data_root, on_bad_image=...)`` returns an
-:class:`ImageDataset`. Names are the registered ones (``lgm datasets`` lists
-them with their expected layout and whether they are found) or
-``folder:<path>`` for any ImageFolder pair of splits. ``data_root`` defaults to
-$LGM_DATA_ROOT; the offline datasets (fashion-mnist, mnist5k, digits) also
-have a default location that their installer uses.
+:class:`ImageDataset`. Names are
+
+- the registered ones (``lgm datasets`` lists them with their expected layout
+  and whether they are found);
+- ``folder:<path>``: an ImageFolder pair of splits (``<path>/train/<class>/``
+  and ``<path>/test/<class>/`` or ``val/``), or a single class tree
+  (``<path>/<class>/``) from which a seeded, stratified test split is carved:
+  ``folder,test=0.1,seed=3:<path>`` sets its size (a fraction, or images per
+  class: ``test=5``) and seed (defaults: ``test=0.2``, ``seed=0``).
+
+Options sit before the colon (:mod:`lgm.data.sources`), so any path can follow
+it. A carved split is recorded in ``ds.meta["split"]`` (settings and digests of
+the image and test lists; :func:`check_split` compares a recorded one). Every
+command reloads a dataset by its name, so the same name gives the same split.
+``data_root`` defaults to $LGM_DATA_ROOT; the offline datasets (fashion-mnist,
+mnist5k, digits) also have a default location that their installer uses.
 """
 
 from __future__ import annotations
@@ -17,16 +28,26 @@ from pathlib import Path
 from typing import Callable
 
 from lgm.data import readers as _r
-from lgm.data.base import ImageDataset, ImageSplit, Split, stratified_indices, stratified_split
+from lgm.data.base import (
+    ImageDataset,
+    ImageSplit,
+    Split,
+    carve_test_split,
+    check_split,
+    stratified_indices,
+    stratified_split,
+)
 from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_mnist
 from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
 from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
+from lgm.data.sources import scheme_of
 from lgm.registry import Registry
 
 __all__ = [
     "ImageDataset", "ImageSplit", "FileSplit", "Split", "BadImage", "BadImageError", "DATASETS", "DatasetInfo",
     "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices", "stratified_split",
-    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX",
+    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX", "carve_test_split",
+    "check_split",
 ]
 
 DATA_ROOT_ENV = "LGM_DATA_ROOT"
@@ -55,8 +76,8 @@ DATASET_INFO: dict[str, DatasetInfo] = {}
 
 def register_dataset(name: str, loader: Callable[..., ImageDataset], info: DatasetInfo | None = None) -> None:
     """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``."""
-    if name.startswith(FOLDER_PREFIX):
-        raise ValueError(f"dataset names cannot start with {FOLDER_PREFIX!r}")
+    if scheme_of(name):
+        raise ValueError(f"dataset names cannot start with {name.partition(':')[0]}: (folder: names a path)")
     DATASETS.register(name, loader)
     if info is not None:
         DATASET_INFO[name] = info
@@ -71,8 +92,13 @@ def resolve_data_root(data_root: str | None) -> str | None:
 
 
 def check_dataset_name(name: str) -> None:
-    """Fail early (UnknownNameError with suggestions) for a name that is neither registered nor folder:<path>."""
-    if not name.startswith(FOLDER_PREFIX):
+    """Fail early for a name that is neither registered nor folder:<path> (UnknownNameError with
+    suggestions), or whose options are malformed."""
+    if scheme_of(name):
+        from lgm.data.sources import SourceSpec
+
+        SourceSpec.parse(name)
+    else:
         DATASETS.get(name)
 
 
@@ -83,7 +109,8 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
     its name; "skip" leaves bad files out of the split (warnings name them).
     """
     check_on_bad_image(on_bad_image)
-    if name.startswith(FOLDER_PREFIX):
+    scheme = scheme_of(name)
+    if scheme == "folder":
         ds = _r.load_folder(name, on_bad_image)
     else:
         loader = DATASETS.get(name)

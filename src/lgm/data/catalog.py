@@ -28,7 +28,10 @@ def list_datasets(data_root: str | None = None, brief: bool = False) -> None:
             print(f"    from: {info.source}")
             for line in info.layout.splitlines():
                 print(f"  {line}")
-    print("folder:<path>        any <path>/train/<class>/ with <path>/test/<class>/ (or val/) image folders")
+    print("folder:<path>        any <path>/train/<class>/ with <path>/test/<class>/ (or val/) image folders,")
+    print("                     or one <path>/<class>/ tree: a stratified test split is carved, 20% per class, seed 0;")
+    print("                     folder,test=0.1,seed=3:<path> sets them (test=5: 5 per class). Options go before")
+    print("                     the colon; every command reloading the same name carves the same split.")
 
 
 def check_dataset(name: str, data_root: str | None, on_bad_image: str) -> None:
