@@ -1,8 +1,9 @@
-"""Datasets users bring: a single class-folder tree (carved test split)."""
+"""Datasets users bring: a single class-folder tree (carved test split), Hugging Face directories."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch
 
 from lgm.data import BadImageError, check_dataset_name, check_split, load_dataset
 from lgm.errors import DatasetError, MissingResourceError
-from tests.dataset_fixtures import label_from_pixels, write_class_image
+from tests.dataset_fixtures import class_value, label_from_pixels, write_class_image
 
 CLASSES = ["cat", "cow", "dog"]  # sorted: label = position
 
@@ -167,3 +168,146 @@ def test_distill_then_evaluate_on_a_single_tree(tmp_path):
     cfg = EvalConfig(repeats=1, views=2, epochs=5, val_per_class=1, device="cpu", cache=False)
     res = evaluate_artifact(art, cfg, log=lambda *_: None)
     assert res["toy_cnn"]["dataset"] == name and 0.0 <= res["toy_cnn"]["top1"]["mean"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- hf: directories
+
+
+def png_bytes(value: int, size: tuple[int, int] = (9, 7)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def hf_split(labels: list, names: list[str] | None = None, image_col: str = "image", label_col: str = "label",
+             extra: dict | None = None, colours: list[int] | None = None):
+    """A datasets.Dataset of flat PNGs coloured by class (class_value), with a ClassLabel (or plain) label column."""
+    datasets = pytest.importorskip("datasets")
+    label_feature = datasets.ClassLabel(names=names) if names else None
+    colours = colours if colours is not None else [max(y, 0) for y in labels]
+    features = {image_col: datasets.Image()}
+    data = {image_col: [{"bytes": png_bytes(class_value(c)), "path": None} for c in colours], label_col: labels}
+    if label_feature is not None:
+        features[label_col] = label_feature
+    else:
+        features[label_col] = datasets.Value("string" if isinstance(labels[0], str) else "int64")
+    for k, (feature, values) in (extra or {}).items():
+        features[k], data[k] = feature, values
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+def pixels_agree(split) -> bool:
+    return label_from_pixels(split.load(torch.arange(len(split)), 8)) == split.labels.tolist()
+
+
+def test_hf_dataset_dict_with_validation(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    names = ["ant", "bee", "cicada"]
+    dd = datasets.DatasetDict(train=hf_split([0, 1, 2, 2, 1, 0, 2], names), validation=hf_split([2, 0, 1], names),
+                              test=hf_split([1, 1, 0, 2], names))
+    dd.save_to_disk(str(tmp_path / "insects"))
+    ds = load_dataset(f"hf:{tmp_path / 'insects'}")
+    assert ds.class_names == names
+    assert ds.train.labels.tolist() == [0, 1, 2, 2, 1, 0, 2]
+    assert ds.test.labels.tolist() == [1, 1, 0, 2] and ds.val.labels.tolist() == [2, 0, 1]
+    assert all(pixels_agree(s) for s in (ds.train, ds.test, ds.val))
+    assert "split" not in ds.meta and ds.meta["hf_splits"] == {"train": "train", "test": "test", "val": "validation"}
+    with pytest.raises(DatasetError, match="has its own 'test' split"):
+        load_dataset(f"hf,test=0.5:{tmp_path / 'insects'}")
+
+
+def test_hf_single_split_gets_the_carved_split_of_a_folder(tmp_path):
+    names = ["ant", "bee"]
+    labels = [0, 1] * 10 + [0] * 5
+    hf_split(labels, names).save_to_disk(str(tmp_path / "one"))
+    ds = load_dataset(f"hf,test=0.2,seed=4:{tmp_path / 'one'}")
+    record = ds.meta["split"]
+    assert (record["test"], record["seed"], record["images"]) == (0.2, 4, 25)
+    assert torch.bincount(ds.test.labels).tolist() == [3, 2]  # round(0.2 * 15), round(0.2 * 10)
+    assert len(ds.train) + len(ds.test) == 25 and pixels_agree(ds.test) and pixels_agree(ds.train)
+    # the rows drawn, by the documented method
+    gen = torch.Generator().manual_seed(4)
+    want = []
+    for c in (0, 1):
+        rows = [i for i, y in enumerate(labels) if y == c]
+        perm = torch.randperm(len(rows), generator=gen)
+        want += [rows[i] for i in perm[:round(0.2 * len(rows))].tolist()]
+    lines = "".join(f"{labels[i]}\ttrain/{i}\n" for i in sorted(want))
+    assert record["test_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    again = load_dataset(f"hf,test=0.2,seed=4:{tmp_path / 'one'}")
+    assert again.meta["split"] == record and list(again.test.paths) == list(ds.test.paths)
+
+
+def test_hf_parquet_with_plain_labels_and_an_unlabelled_test(tmp_path, capsys):
+    root = tmp_path / "pq"
+    (root / "data").mkdir(parents=True)
+    hf_split([3, 5, 5, 3, 7, 7]).to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    hf_split([5, 3, 7]).to_parquet(str(root / "data" / "validation-00000-of-00001.parquet"))
+    hf_split([-1, -1]).to_parquet(str(root / "data" / "test-00000-of-00001.parquet"))
+    ds = load_dataset(f"hf:{root}")
+    # integer labels without class names: their sorted distinct values are the classes
+    assert ds.class_names == ["3", "5", "7"]
+    assert ds.train.labels.tolist() == [0, 1, 1, 0, 2, 2]
+    assert label_from_pixels(ds.train.load(torch.arange(6), 8)) == [3, 5, 5, 3, 7, 7]
+    # the test split has no labels: left out (said so), and validation is the test split
+    assert "split 'test' has no labels" in capsys.readouterr().err
+    assert ds.meta["hf_splits"] == {"train": "train", "test": "validation"} and ds.test.labels.tolist() == [1, 0, 2]
+    # string labels in a flat parquet file: one split, carved
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    words = ["owl", "bat"] * 4
+    hf_split(words, colours=[0 if w == "bat" else 1 for w in words]).to_parquet(str(flat / "0000.parquet"))
+    ds = load_dataset(f"hf:{flat}")
+    assert ds.class_names == ["bat", "owl"] and ds.meta["split"]["test"] == 0.2
+    assert pixels_agree(ds.train) and pixels_agree(ds.test)
+
+
+def test_hf_columns_are_detected_or_named(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    names = ["a", "b"]
+    two = hf_split([0, 1] * 4, names, image_col="photo", label_col="coarse",
+                   extra={"fine": (datasets.ClassLabel(names=["x", "y", "z"]), [0, 1, 2] * 2 + [0, 1])})
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(DatasetError, match=r"several ClassLabel columns \(coarse, fine\).*hf,label=COLUMN:"):
+        load_dataset(f"hf:{tmp_path / 'two'}")
+    ds = load_dataset(f"hf,label=fine,test=1:{tmp_path / 'two'}")
+    assert ds.class_names == ["x", "y", "z"] and ds.meta["hf_columns"] == {"image": "photo", "label": "fine"}
+    with pytest.raises(DatasetError, match="no column 'nope'"):
+        load_dataset(f"hf,image=nope:{tmp_path / 'two'}")
+    with pytest.raises(DatasetError, match="column 'coarse' holds int64, not images"):
+        load_dataset(f"hf,image=coarse,label=fine:{tmp_path / 'two'}")
+
+
+def test_hf_bad_image_bytes_fail_or_are_skipped(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    good = hf_split([0, 1, 0, 1, 0, 1], ["a", "b"])
+    rows = good.to_dict()
+    rows["image"][2] = {"bytes": b"not a png", "path": None}
+    datasets.Dataset.from_dict(rows, features=good.features).save_to_disk(str(tmp_path / "bad"))
+    name = f"hf,test=1:{tmp_path / 'bad'}"
+    ds = load_dataset(name)
+    holder = next(s for s in (ds.train, ds.test) if any(p.endswith("train row 2") for p in s.paths))
+    with pytest.raises(BadImageError, match="train row 2: UnidentifiedImageError"):
+        holder.load(torch.arange(len(holder)), 8)
+    skipped = load_dataset(name, on_bad_image="skip")
+    sides = [s.materialize(8) for s in (skipped.train, skipped.test)]
+    assert sum(len(s) for s in sides) == 5  # the bad row is left out, with its label
+    assert all(label_from_pixels(s.load(torch.arange(len(s)), 8)) == s.labels.tolist() for s in sides)
+
+
+def test_hf_without_the_extra_names_it(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(MissingResourceError, match=r"pip install 'lgm\[hf\]'"):
+        load_dataset(f"hf:{tmp_path / 'd'}")
+
+
+def test_distill_reads_an_hf_dataset(tmp_path):
+    from lgm.distillation import distill
+
+    hf_split([0, 1, 2] * 4, ["x", "y", "z"]).save_to_disk(str(tmp_path / "d"))
+    art = distill(f"hf:{tmp_path / 'd'}", "toy_cnn", steps=2, augs=2, res=16, crop=14, device="cpu",
+                  progress=False, checkpoint_every=5)
+    assert art.images.shape == (3, 3, 16, 16) and art.class_names == ["x", "y", "z"]

@@ -9,7 +9,9 @@
   and ``<path>/test/<class>/`` or ``val/``), or a single class tree
   (``<path>/<class>/``) from which a seeded, stratified test split is carved:
   ``folder,test=0.1,seed=3:<path>`` sets its size (a fraction, or images per
-  class: ``test=5``) and seed (defaults: ``test=0.2``, ``seed=0``).
+  class: ``test=5``) and seed (defaults: ``test=0.2``, ``seed=0``);
+- ``hf:<path>``: a Hugging Face ``datasets`` directory (``save_to_disk`` or
+  parquet files; needs ``pip install 'lgm[hf]'``), see :mod:`lgm.data.hf`.
 
 Options sit before the colon (:mod:`lgm.data.sources`), so any path can follow
 it. A carved split is recorded in ``ds.meta["split"]`` (settings and digests of
@@ -46,12 +48,13 @@ from lgm.registry import Registry
 __all__ = [
     "ImageDataset", "ImageSplit", "FileSplit", "Split", "BadImage", "BadImageError", "DATASETS", "DatasetInfo",
     "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices", "stratified_split",
-    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX", "carve_test_split",
+    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX", "HF_PREFIX", "carve_test_split",
     "check_split",
 ]
 
 DATA_ROOT_ENV = "LGM_DATA_ROOT"
 FOLDER_PREFIX = "folder:"
+HF_PREFIX = "hf:"
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
@@ -77,7 +80,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {}
 def register_dataset(name: str, loader: Callable[..., ImageDataset], info: DatasetInfo | None = None) -> None:
     """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``."""
     if scheme_of(name):
-        raise ValueError(f"dataset names cannot start with {name.partition(':')[0]}: (folder: names a path)")
+        raise ValueError(f"dataset names cannot start with {name.partition(':')[0]}: (folder: and hf: name paths)")
     DATASETS.register(name, loader)
     if info is not None:
         DATASET_INFO[name] = info
@@ -92,7 +95,7 @@ def resolve_data_root(data_root: str | None) -> str | None:
 
 
 def check_dataset_name(name: str) -> None:
-    """Fail early for a name that is neither registered nor folder:<path> (UnknownNameError with
+    """Fail early for a name that is neither registered nor folder:/hf:<path> (UnknownNameError with
     suggestions), or whose options are malformed."""
     if scheme_of(name):
         from lgm.data.sources import SourceSpec
@@ -112,6 +115,10 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
     scheme = scheme_of(name)
     if scheme == "folder":
         ds = _r.load_folder(name, on_bad_image)
+    elif scheme == "hf":
+        from lgm.data.hf import load_hf
+
+        ds = load_hf(name, on_bad_image)
     else:
         loader = DATASETS.get(name)
         root = resolve_data_root(data_root)

@@ -1,10 +1,11 @@
-"""Dataset names that point at files: ``folder:PATH``, with options.
+"""Dataset names that point at files: ``folder:PATH`` and ``hf:PATH``, with options.
 
 Options sit between the scheme and the colon, comma-separated::
 
     folder:PATH                       defaults (a carved test split: 20% per class, seed 0)
     folder,test=0.1,seed=3:PATH       10% per class, seed 3
     folder,test=5:PATH                5 test images per class
+    hf,image=img,label=fine_label:PATH
 
 Everything after the first colon is the path, so no path (whatever characters
 it holds) can be mistaken for an option, and the name needs no shell quoting
@@ -19,18 +20,22 @@ from pathlib import Path
 
 from lgm.errors import DatasetError
 
-SCHEMES = ("folder",)
+SCHEMES = ("folder", "hf")
 DEFAULT_TEST = 0.2
 DEFAULT_SEED = 0
 OPTIONS = {
     "folder": {"test": "test split to carve from a single class tree: a fraction (0.2) or images per class (5)",
                "seed": "seed of the carved test split (an integer)"},
+    "hf": {"test": "test split to carve when the dataset has a single split: a fraction or images per class",
+           "seed": "seed of the carved test split",
+           "image": "the image column (default: the only column of Image feature / image bytes)",
+           "label": "the label column (default: the only ClassLabel column, else 'label' / 'labels')"},
 }
 SYNTAX = "SCHEME[,key=value...]:PATH, e.g. folder,test=0.1,seed=3:PATH"
 
 
 def scheme_of(name: str) -> str | None:
-    """'folder' when ``name`` is a file-backed dataset name, else None (a registered name)."""
+    """'folder' / 'hf' when ``name`` is a file-backed dataset name, else None (a registered name)."""
     head, sep, _ = name.partition(":")
     if not sep:
         return None
