@@ -1,4 +1,4 @@
-"""Datasets users bring: a single class-folder tree (carved test split), Hugging Face directories."""
+"""Datasets users bring: a single class-folder tree (carved test split), Hugging Face directories, in-memory sets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lgm.data import BadImageError, check_dataset_name, check_split, load_dataset
+from lgm.data import (
+    BadImageError,
+    ImageDataset,
+    ImageSplit,
+    check_dataset_name,
+    check_split,
+    load_dataset,
+    register_dataset,
+)
 from lgm.errors import DatasetError, MissingResourceError
 from tests.dataset_fixtures import class_value, label_from_pixels, write_class_image
 
@@ -311,3 +319,72 @@ def test_distill_reads_an_hf_dataset(tmp_path):
     art = distill(f"hf:{tmp_path / 'd'}", "toy_cnn", steps=2, augs=2, res=16, crop=14, device="cpu",
                   progress=False, checkpoint_every=5)
     assert art.images.shape == (3, 3, 16, 16) and art.class_names == ["x", "y", "z"]
+
+
+# ---------------------------------------------------------------------------------------------- in memory
+
+
+def band_dataset(name: str = "bands", n_train: int = 40, n_test: int = 20) -> ImageDataset:
+    """Four classes, each a bright horizontal band at its own height, built from tensors."""
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> ImageSplit:
+        y = torch.arange(n) % 4
+        x = (torch.rand(n, 1, 16, 16, generator=gen) * 60).to(torch.uint8)
+        for i in range(n):
+            x[i, :, 4 * y[i]: 4 * y[i] + 4, :] = 230
+        return ImageSplit(x, y)
+
+    return ImageDataset(name, ["top", "upper", "lower", "bottom"], split(n_train), split(n_test), source="tensors")
+
+
+@pytest.fixture
+def in_memory_registry(monkeypatch):
+    import lgm.data
+
+    monkeypatch.setattr(lgm.data, "IN_MEMORY", {})
+    return lgm.data.IN_MEMORY
+
+
+def test_an_in_memory_dataset_distills_and_evaluates_from_python(tmp_path, in_memory_registry):
+    from lgm.distillation import distill
+    from lgm.errors import UnknownNameError
+    from lgm.evaluate import EvalConfig, evaluate_artifact
+
+    ds = band_dataset()
+    art = distill(ds, "toy_cnn", steps=3, augs=2, res=16, crop=14, device="cpu", progress=False, checkpoint_every=5)
+    assert art.meta["dataset"] == "bands"
+    cfg = EvalConfig(repeats=2, views=2, epochs=20, val_per_class=2, device="cpu", cache=False)
+    with pytest.raises(UnknownNameError, match="unknown dataset 'bands'"):
+        evaluate_artifact(art, cfg, log=lambda *_: None)
+    given = evaluate_artifact(art, cfg, log=lambda *_: None, dataset=ds)["toy_cnn"]
+    assert given["dataset"] == "bands" and given["images"] == 4 and len(given["top1"]["values"]) == 2
+    # registered, it is found by the name the artifact records -- the same scores
+    register_dataset(ds)
+    assert load_dataset("bands") is ds
+    by_name = evaluate_artifact(art, cfg, log=lambda *_: None)["toy_cnn"]
+    assert by_name["top1"] == given["top1"] and by_name["nn1"] == given["nn1"]
+    # the score is the test split's: a test split with shuffled labels scores differently
+    wrong = ImageDataset("bands", ds.class_names, ds.train,
+                         ImageSplit(ds.test.images, (ds.test.labels + 1) % 4), source="tensors")
+    shuffled = evaluate_artifact(art, cfg, log=lambda *_: None, dataset=wrong)["toy_cnn"]
+    assert shuffled["nn1"] != given["nn1"]
+
+
+def test_register_dataset_rules(in_memory_registry):
+    ds = band_dataset()
+    register_dataset(ds)
+    check_dataset_name("bands")
+    again = band_dataset(n_train=8)
+    register_dataset(again)  # a notebook cell run twice: the new one replaces the old
+    assert load_dataset("bands") is again
+    with pytest.raises(ValueError, match="names a dataset on disk"):
+        register_dataset(band_dataset("fashion-mnist"))
+    with pytest.raises(ValueError, match="names a dataset on disk"):
+        register_dataset(band_dataset("folder:x"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset("bands", lambda root: ds)
+    bad = band_dataset("broken")
+    bad.class_names = ["a", "a", "b", "c"]
+    with pytest.raises(DatasetError, match="duplicate class names"):
+        register_dataset(bad)

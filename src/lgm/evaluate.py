@@ -216,17 +216,22 @@ def distilled_with(artifact: DistilledSet) -> tuple:
     return (own,) if own else ()
 
 
-def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print) -> dict:
-    """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
+def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print,
+                      dataset: ImageDataset | None = None) -> dict:
+    """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN.
+
+    ``dataset``: the dataset to score on, e.g. one built in memory (default: loaded by
+    ``cfg.dataset`` or the name the artifact records).
+    """
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
 
     device = resolve_device(cfg.device)
     ds_name = cfg.dataset or artifact.meta.get("dataset")
-    if not ds_name:
+    if dataset is None and not ds_name:
         raise LgmError(f"{where} does not record its dataset; pass --dataset")
-    ds = load_dataset(ds_name, cfg.data_root, cfg.on_bad_image)
+    ds = dataset if dataset is not None else load_dataset(ds_name, cfg.data_root, cfg.on_bad_image)
     check_artifact(artifact, ds, where)
     res, crop = artifact_geometry(artifact, cfg)
     images = torch.nn.functional.interpolate(artifact.images, size=(res, res), mode="bilinear",

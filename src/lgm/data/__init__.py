@@ -11,7 +11,8 @@
   ``folder,test=0.1,seed=3:<path>`` sets its size (a fraction, or images per
   class: ``test=5``) and seed (defaults: ``test=0.2``, ``seed=0``);
 - ``hf:<path>``: a Hugging Face ``datasets`` directory (``save_to_disk`` or
-  parquet files; needs ``pip install 'lgm[hf]'``), see :mod:`lgm.data.hf`.
+  parquet files; needs ``pip install 'lgm[hf]'``), see :mod:`lgm.data.hf`;
+- in-memory datasets registered in this process with ``register_dataset(ds)``.
 
 Options sit before the colon (:mod:`lgm.data.sources`), so any path can follow
 it. A carved split is recorded in ``ds.meta["split"]`` (settings and digests of
@@ -43,6 +44,7 @@ from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_
 from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
 from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
 from lgm.data.sources import scheme_of
+from lgm.errors import UnknownNameError
 from lgm.registry import Registry
 
 __all__ = [
@@ -77,10 +79,35 @@ class DatasetInfo:
 DATASET_INFO: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, loader: Callable[..., ImageDataset], info: DatasetInfo | None = None) -> None:
-    """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``."""
+IN_MEMORY: dict[str, ImageDataset] = {}
+"""Datasets registered in this process by ``register_dataset(ds)``."""
+
+
+def register_dataset(name: str | ImageDataset, loader: Callable[..., ImageDataset] | None = None,
+                     info: DatasetInfo | None = None) -> None:
+    """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``; or an in-memory dataset.
+
+    ``register_dataset(ds)`` makes ``load_dataset(ds.name)`` return ``ds`` in
+    this process, so that everything that reloads a dataset by the name an
+    artifact records (evaluation, baselines, the analyses) works on a dataset
+    built from tensors. Registering another dataset of the same name replaces
+    it; a name of a file-backed dataset cannot be taken.
+    """
+    if isinstance(name, ImageDataset):
+        ds = name
+        if loader is not None or info is not None:
+            raise TypeError("register_dataset(ds) takes the dataset alone")
+        if scheme_of(ds.name) or ds.name in DATASETS:
+            raise ValueError(f"{ds.name!r} names a dataset on disk; give the in-memory dataset another name")
+        ds.check()
+        IN_MEMORY[ds.name] = ds
+        return
+    if loader is None:
+        raise TypeError("register_dataset(name, loader) needs a loader")
     if scheme_of(name):
         raise ValueError(f"dataset names cannot start with {name.partition(':')[0]}: (folder: and hf: name paths)")
+    if name in IN_MEMORY:
+        raise ValueError(f"dataset {name!r} is already registered (in memory)")
     DATASETS.register(name, loader)
     if info is not None:
         DATASET_INFO[name] = info
@@ -101,8 +128,11 @@ def check_dataset_name(name: str) -> None:
         from lgm.data.sources import SourceSpec
 
         SourceSpec.parse(name)
-    else:
-        DATASETS.get(name)
+    elif name not in IN_MEMORY:
+        try:
+            DATASETS.get(name)
+        except UnknownNameError:
+            raise UnknownNameError("dataset", name, DATASETS.names() + sorted(IN_MEMORY)) from None
 
 
 def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "fail") -> ImageDataset:
@@ -119,7 +149,10 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
         from lgm.data.hf import load_hf
 
         ds = load_hf(name, on_bad_image)
+    elif name in IN_MEMORY:
+        return IN_MEMORY[name]
     else:
+        check_dataset_name(name)
         loader = DATASETS.get(name)
         root = resolve_data_root(data_root)
         # Loaders registered with the original one-argument signature keep working.
