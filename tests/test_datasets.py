@@ -377,7 +377,7 @@ def test_cli_lists_datasets_and_checks_one(imagenet_root, capsys):
     assert main(args + ["--check", "imagenette"]) == 0
     out = capsys.readouterr().out
     assert "imagenette: 10 classes" in out and "train: 20 images, per class 2..2" in out
-    assert main(args + ["--check", "waterbirds"]) == 2
+    assert main(args + ["--check", "waterbirds"]) == 1  # a runtime error (usage errors exit 2)
     assert "Waterbirds not found" in capsys.readouterr().err
 
 

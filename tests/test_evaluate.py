@@ -66,7 +66,7 @@ def test_eval_refuses_an_artifact_of_another_dataset(fashion_root, tmp_path, mon
     ds = load_dataset("fashion-mnist")
     art = band_artifact(ds)
     DistilledSet(art.images[:4], torch.arange(4), [f"c{i}" for i in range(4)], art.meta).save(tmp_path / "a")
-    assert main(["eval", str(tmp_path / "a.safetensors"), "--device", "cpu", "--no-cache"]) == 2
+    assert main(["eval", str(tmp_path / "a.safetensors"), "--device", "cpu", "--no-cache"]) == 1  # a runtime error (usage errors exit 2)
     assert "has 4 classes but dataset fashion-mnist has 10" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lgm.errors import LgmError, MissingResourceError
+from lgm.errors import LgmError, MissingResourceError, UsageError
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -127,11 +127,11 @@ class BackboneFlags:
                 path = entry
                 candidates = [own] if own in names else names
                 if len(candidates) != 1:
-                    raise LgmError(f"--weights {entry}: {len(names)} backbones are in play ({', '.join(names)}); "
+                    raise UsageError(f"--weights {entry}: {len(names)} backbones are in play ({', '.join(names)}); "
                                    "say which one it is for with --weights NAME=PATH")
                 target = candidates[0]
             if target in out:
-                raise LgmError(f"--weights gives two files for {target}: {out[target]} and {path}")
+                raise UsageError(f"--weights gives two files for {target}: {out[target]} and {path}")
             out[target] = path
         return out
 
@@ -145,7 +145,7 @@ class BackboneFlags:
         norm = self.normalization if self.normalization != "auto" else rec.get("normalization", "native")
         if given is not None:
             if self.random_init:
-                raise LgmError(f"--weights {given} and --random-init both given for {name}; choose one")
+                raise UsageError(f"--weights {given} and --random-init both given for {name}; choose one")
             if not Path(given).exists():
                 raise MissingResourceError(f"{name} weights not found at {given} (no such file)")
             return BackboneSpec(name, given, False, norm)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from lgm.artifacts import DistilledSet, atomic_write_json
 from lgm.backbone_spec import BackboneFlags, recorded_specs, weights_record
-from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError
+from lgm.data import ImageDataset, check_split, stratified_indices
+from lgm.errors import LgmError, UsageError
 from lgm.evaluate import stored_split_features, validation_split
 from lgm.feature_store import FeatureStore
 from lgm.version import __version__
@@ -90,7 +90,8 @@ def selection_artifact(ds: ImageDataset, idx: torch.Tensor, res: int, how: dict,
     return DistilledSet(ds.train.load(idx, res), ds.train.labels[idx].clone(), list(ds.class_names),
                         {"kind": "baseline", "dataset": ds.name, "indices": idx.tolist(),
                          "config": {"res": res, "crop": how.get("crop", res), "normalization": normalization},
-                         "lgm_version": __version__} | how)
+                         "lgm_version": __version__}
+                        | ({"split": ds.meta["split"]} if isinstance(ds.meta.get("split"), dict) else {}) | how)
 
 
 def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
@@ -99,10 +100,12 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     from lgm.distillation import resolve_device
 
     if cfg.ipc <= 0 or cfg.random_seeds < 0:
-        raise LgmError("--ipc must be positive and --random-seeds >= 0")
+        raise UsageError("--ipc must be positive and --random-seeds >= 0")
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)
     distilled = DistilledSet.load(cfg.distilled) if cfg.distilled else None
+    if distilled is not None:
+        check_split(distilled.meta.get("split"), ds, str(cfg.distilled))
     # The distilled set's own backbone comes with the weights it recorded; every check before any file is written.
     spec = cfg.spec_for(cfg.backbone, recorded_specs(distilled.meta) if distilled else None, [cfg.backbone],
                         cfg.backbone, str(cfg.distilled or "the baselines"))

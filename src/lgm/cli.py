@@ -19,7 +19,7 @@ from lgm.config import DistillConfig
 from lgm.demo import DemoConfig
 from lgm.evaluate import EvalConfig
 from lgm.real_cache import CacheFeaturesConfig
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _run(cmd) -> int:
         from lgm.analysis.export import export_pngs, export_timelapse
 
         if not cmd.png and not cmd.timelapse:
-            raise LgmError("lgm export: give --png DIR and/or --timelapse OUT.gif")
+            raise UsageError("lgm export: give --png DIR and/or --timelapse OUT.gif")
         if cmd.png:
             paths = export_pngs(cmd.run, cmd.png)
             print(f"{len(paths) - 1} images and grid.png in {cmd.png}")

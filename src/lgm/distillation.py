@@ -567,6 +567,8 @@ def distill(
             **({"weights_file": weights_file} if weights_file else {}),
             **(joint_meta(bbs, cfg) if cfg.joint else {}),
             "ipc": cfg.ipc,
+            # A test split carved from a single class tree: every later command checks it reloads the same one.
+            **({"split": ds.meta["split"]} if isinstance(ds.meta.get("split"), dict) else {}),
             "config": cfg.to_dict(),
             "config_hash": cfg.hash(),
             "lgm_version": __version__,

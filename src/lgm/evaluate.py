@@ -20,8 +20,8 @@ import torch
 from lgm.artifacts import DistilledSet
 from lgm.backbone_spec import BackboneFlags, recorded_specs
 from lgm.backbones import Backbone
-from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError
+from lgm.data import ImageDataset, check_split, stratified_indices
+from lgm.errors import LgmError, UsageError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
 from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_rows_features, topk,
                        train_probes, view_features)
@@ -192,11 +192,12 @@ def artifact_geometry(artifact: DistilledSet, cfg: EvalConfig) -> tuple[int, int
     res = cfg.res or int(stored.get("res") or artifact.images.shape[-1])
     crop = cfg.crop or int(stored.get("crop") or res)
     if crop > res:
-        raise LgmError(f"--crop {crop} exceeds --res {res}")
+        raise UsageError(f"--crop {crop} exceeds --res {res}")
     return res, crop
 
 
 def check_artifact(artifact: DistilledSet, ds: ImageDataset, where: str) -> None:
+    check_split(artifact.meta.get("split"), ds, where)
     if artifact.num_classes != ds.num_classes or artifact.labels.max() >= ds.num_classes:
         raise LgmError(f"{where} has {artifact.num_classes} classes but dataset {ds.name} has {ds.num_classes}")
     if artifact.class_names != list(ds.class_names):
@@ -220,16 +221,21 @@ def distilled_with(artifact: DistilledSet) -> tuple:
     return (own,) if own else ()
 
 
-def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print) -> dict:
-    """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
+def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "artifact", log=print,
+                      dataset: ImageDataset | None = None) -> dict:
+    """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN.
+
+    ``dataset``: the dataset to score on, e.g. one built in memory (default: loaded by
+    ``cfg.dataset`` or the name the artifact records).
+    """
     from lgm.data import load_dataset
     from lgm.distillation import resolve_device
 
     device = resolve_device(cfg.device)
     ds_name = cfg.dataset or artifact.meta.get("dataset")
-    if not ds_name:
+    if dataset is None and not ds_name:
         raise LgmError(f"{where} does not record its dataset; pass --dataset")
-    ds = load_dataset(ds_name, cfg.data_root, cfg.on_bad_image)
+    ds = dataset if dataset is not None else load_dataset(ds_name, cfg.data_root, cfg.on_bad_image)
     check_artifact(artifact, ds, where)
     res, crop = artifact_geometry(artifact, cfg)
     images = torch.nn.functional.interpolate(artifact.images, size=(res, res), mode="bilinear",
@@ -329,7 +335,7 @@ def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -
     from lgm.artifacts import atomic_write_json, read_json
 
     if not sources:
-        raise LgmError("name at least one artifact (a run directory or an .safetensors/.json file)")
+        raise UsageError("name at least one artifact (a run directory or an .safetensors/.json file)")
     everything, rows = {}, []
     for src in sources:
         path = Path(src)
@@ -365,7 +371,7 @@ def crossmodel_matrix(sources: tuple[str, ...], cfg: EvalConfig, out: Path, log=
     from lgm.artifacts import atomic_write_json, atomic_write_text
 
     if not cfg.backbone:
-        raise LgmError("name the evaluating backbones with --backbone B1 B2 ...")
+        raise UsageError("name the evaluating backbones with --backbone B1 B2 ...")
     rows = []
     for src in sources:
         artifact = DistilledSet.load(Path(src))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lgm.errors import LgmError
+from lgm.errors import UsageError
 
 COMPONENT_VARIANTS = (("full", "Full (Ours)", {}), ("no_decorrelate", "-Decorrelate", {"decorrelate": False}),
                       ("no_pyramid", "-Pyramid", {"param": "pixels"}), ("no_augment", "-Augment", {"aug": "none"}))
@@ -80,9 +80,9 @@ def run_ablation(cfg: AblateConfig, log=None) -> dict:
 
     log = log or (lambda m: print(f"lgm ablate: {m}", file=sys.stderr, flush=True))
     if any(a <= 0 for a in cfg.aug_values) or cfg.augs <= 0:
-        raise LgmError(f"--augs and --aug-values must be positive, got {cfg.augs} and {cfg.aug_values}")
+        raise UsageError(f"--augs and --aug-values must be positive, got {cfg.augs} and {cfg.aug_values}")
     if cfg.backbone in cfg.cross:
-        raise LgmError(f"--cross lists the distilling backbone {cfg.backbone}; it is always evaluated (same eval)")
+        raise UsageError(f"--cross lists the distilling backbone {cfg.backbone}; it is always evaluated (same eval)")
     base = DistillConfig(dataset=cfg.dataset, backbone=cfg.backbone, ipc=cfg.ipc, steps=cfg.steps, lr=cfg.lr,
                          res=cfg.res, crop=cfg.crop, seed=cfg.seed, real_features=cfg.real_features,
                          real_batch=cfg.real_batch, cache_per_class=cfg.cache_per_class, chunk=cfg.chunk,

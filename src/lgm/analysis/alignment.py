@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lgm.backbone_spec import BackboneFlags
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 
 
 def knn_indices(features: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -113,11 +113,11 @@ def run_align(cfg: AlignConfig, log=None) -> dict:
 
     log = log or (lambda m: print(f"lgm align: {m}", file=sys.stderr, flush=True))
     if len(cfg.backbones) < 2:
-        raise LgmError("name at least two backbones with --backbones B1 B2 ...")
+        raise UsageError("name at least two backbones with --backbones B1 B2 ...")
     if len(set(cfg.backbones)) != len(cfg.backbones):
-        raise LgmError(f"--backbones lists a backbone twice: {' '.join(cfg.backbones)}")
+        raise UsageError(f"--backbones lists a backbone twice: {' '.join(cfg.backbones)}")
     if cfg.k <= 0 or cfg.n <= 1 or cfg.crop > cfg.res:
-        raise LgmError(f"need --k > 0, --n > 1 and --crop <= --res (got k={cfg.k}, n={cfg.n}, crop={cfg.crop}, "
+        raise UsageError(f"need --k > 0, --n > 1 and --crop <= --res (got k={cfg.k}, n={cfg.n}, crop={cfg.crop}, "
                        f"res={cfg.res})")
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 
 SECTIONS = ("provenance", "config", "loss", "images", "evaluation", "pca", "neighbors")
 
@@ -263,7 +263,7 @@ def write_reports(runs: tuple[str, ...], cfg: ReportConfig, log=None) -> list[Pa
 
     log = log or (lambda m: print(f"lgm report: {m}", file=sys.stderr, flush=True))
     if not runs:
-        raise LgmError("name at least one run directory")
+        raise UsageError("name at least one run directory")
     out = Path(cfg.out)
     pages, rows, used = [], [], set()
     for run in runs:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tyro
 
-from lgm.errors import LgmError
+from lgm.errors import LgmError, UsageError
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -119,7 +119,7 @@ def alignment_vs_transfer(cross_path: str | Path, align_path: str | Path, metric
     if not isinstance(align, dict) or align.get("kind") != "alignment":
         raise LgmError(f"{align_path} is not an alignment.json written by lgm align")
     if metric not in ("nn1", "top1"):
-        raise LgmError(f"--metric must be nn1 or top1, got {metric}")
+        raise UsageError(f"--metric must be nn1 or top1, got {metric}")
     names, raw = transfer_matrix(cross, metric)
     if len(names) < 2:
         raise LgmError(f"{cross_path} needs rows distilled with at least two of its evaluating backbones "

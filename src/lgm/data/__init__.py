@@ -1,11 +1,25 @@
 """Dataset registry: names -> labelled image datasets read from local files.
 
 ``load_dataset(name, data_root, on_bad_image=...)`` returns an
-:class:`ImageDataset`. Names are the registered ones (``lgm datasets`` lists
-them with their expected layout and whether they are found) or
-``folder:<path>`` for any ImageFolder pair of splits. ``data_root`` defaults to
-$LGM_DATA_ROOT; the offline datasets (fashion-mnist, mnist5k, digits) also
-have a default location that their installer uses.
+:class:`ImageDataset`. Names are
+
+- the registered ones (``lgm datasets`` lists them with their expected layout
+  and whether they are found);
+- ``folder:<path>``: an ImageFolder pair of splits (``<path>/train/<class>/``
+  and ``<path>/test/<class>/`` or ``val/``), or a single class tree
+  (``<path>/<class>/``) from which a seeded, stratified test split is carved:
+  ``folder,test=0.1,seed=3:<path>`` sets its size (a fraction, or images per
+  class: ``test=5``) and seed (defaults: ``test=0.2``, ``seed=0``);
+- ``hf:<path>``: a Hugging Face ``datasets`` directory (``save_to_disk`` or
+  parquet files; needs ``pip install 'lgm[hf]'``), see :mod:`lgm.data.hf`;
+- in-memory datasets registered in this process with ``register_dataset(ds)``.
+
+Options sit before the colon (:mod:`lgm.data.sources`), so any path can follow
+it. A carved split is recorded in ``ds.meta["split"]`` (settings and digests of
+the image and test lists; :func:`check_split` compares a recorded one). Every
+command reloads a dataset by its name, so the same name gives the same split.
+``data_root`` defaults to $LGM_DATA_ROOT; the offline datasets (fashion-mnist,
+mnist5k, digits) also have a default location that their installer uses.
 """
 
 from __future__ import annotations
@@ -17,20 +31,32 @@ from pathlib import Path
 from typing import Callable
 
 from lgm.data import readers as _r
-from lgm.data.base import ImageDataset, ImageSplit, Split, stratified_indices, stratified_split
+from lgm.data.base import (
+    ImageDataset,
+    ImageSplit,
+    Split,
+    carve_test_split,
+    check_split,
+    stratified_indices,
+    stratified_split,
+)
 from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_mnist
 from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
 from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
+from lgm.data.sources import scheme_of
+from lgm.errors import UnknownNameError
 from lgm.registry import Registry
 
 __all__ = [
     "ImageDataset", "ImageSplit", "FileSplit", "Split", "BadImage", "BadImageError", "DATASETS", "DatasetInfo",
     "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices", "stratified_split",
-    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX",
+    "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX", "HF_PREFIX", "carve_test_split",
+    "check_split",
 ]
 
 DATA_ROOT_ENV = "LGM_DATA_ROOT"
 FOLDER_PREFIX = "folder:"
+HF_PREFIX = "hf:"
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
@@ -53,10 +79,35 @@ class DatasetInfo:
 DATASET_INFO: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, loader: Callable[..., ImageDataset], info: DatasetInfo | None = None) -> None:
-    """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``."""
-    if name.startswith(FOLDER_PREFIX):
-        raise ValueError(f"dataset names cannot start with {FOLDER_PREFIX!r}")
+IN_MEMORY: dict[str, ImageDataset] = {}
+"""Datasets registered in this process by ``register_dataset(ds)``."""
+
+
+def register_dataset(name: str | ImageDataset, loader: Callable[..., ImageDataset] | None = None,
+                     info: DatasetInfo | None = None) -> None:
+    """Register ``loader(data_root[, on_bad_image=...]) -> ImageDataset`` under ``name``; or an in-memory dataset.
+
+    ``register_dataset(ds)`` makes ``load_dataset(ds.name)`` return ``ds`` in
+    this process, so that everything that reloads a dataset by the name an
+    artifact records (evaluation, baselines, the analyses) works on a dataset
+    built from tensors. Registering another dataset of the same name replaces
+    it; a name of a file-backed dataset cannot be taken.
+    """
+    if isinstance(name, ImageDataset):
+        ds = name
+        if loader is not None or info is not None:
+            raise TypeError("register_dataset(ds) takes the dataset alone")
+        if scheme_of(ds.name) or ds.name in DATASETS:
+            raise ValueError(f"{ds.name!r} names a dataset on disk; give the in-memory dataset another name")
+        ds.check()
+        IN_MEMORY[ds.name] = ds
+        return
+    if loader is None:
+        raise TypeError("register_dataset(name, loader) needs a loader")
+    if scheme_of(name):
+        raise ValueError(f"dataset names cannot start with {name.partition(':')[0]}: (folder: and hf: name paths)")
+    if name in IN_MEMORY:
+        raise ValueError(f"dataset {name!r} is already registered (in memory)")
     DATASETS.register(name, loader)
     if info is not None:
         DATASET_INFO[name] = info
@@ -71,9 +122,17 @@ def resolve_data_root(data_root: str | None) -> str | None:
 
 
 def check_dataset_name(name: str) -> None:
-    """Fail early (UnknownNameError with suggestions) for a name that is neither registered nor folder:<path>."""
-    if not name.startswith(FOLDER_PREFIX):
-        DATASETS.get(name)
+    """Fail early for a name that is neither registered nor folder:/hf:<path> (UnknownNameError with
+    suggestions), or whose options are malformed."""
+    if scheme_of(name):
+        from lgm.data.sources import SourceSpec
+
+        SourceSpec.parse(name)
+    elif name not in IN_MEMORY:
+        try:
+            DATASETS.get(name)
+        except UnknownNameError:
+            raise UnknownNameError("dataset", name, DATASETS.names() + sorted(IN_MEMORY)) from None
 
 
 def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "fail") -> ImageDataset:
@@ -83,9 +142,17 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
     its name; "skip" leaves bad files out of the split (warnings name them).
     """
     check_on_bad_image(on_bad_image)
-    if name.startswith(FOLDER_PREFIX):
+    scheme = scheme_of(name)
+    if scheme == "folder":
         ds = _r.load_folder(name, on_bad_image)
+    elif scheme == "hf":
+        from lgm.data.hf import load_hf
+
+        ds = load_hf(name, on_bad_image)
+    elif name in IN_MEMORY:
+        return IN_MEMORY[name]
     else:
+        check_dataset_name(name)
         loader = DATASETS.get(name)
         root = resolve_data_root(data_root)
         # Loaders registered with the original one-argument signature keep working.

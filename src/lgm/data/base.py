@@ -11,8 +11,9 @@ on disk, decoded lazily in a thread pool: ImageNet and the other photo sets).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,63 @@ def stratified_split(labels: torch.Tensor, fraction: float | None = None, per_cl
         held.append(perm[:k])
         kept.append(perm[k:])
     return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held)).values
+
+
+CARVE_METHOD = "stratified: per class, a torch.randperm of its images (in sorted order) from one seeded CPU generator"
+
+
+def carve_test_split(labels: torch.Tensor, class_names: Sequence[str], ids: Sequence[str], test: float | int,
+                     seed: int, where: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(train indices, test indices, record) of a test split carved from a dataset that has none.
+
+    ``ids`` name the images (relative file paths, split/row ids) in a sorted,
+    machine-independent order; ``test`` is a fraction in (0, 1) of every class
+    (at least 1 image) or a number of images per class (at least 1 is kept for
+    training). A class with a single image cannot give both and is an error
+    naming it. The record (``ImageDataset.meta["split"]``) holds the settings
+    and sha256 digests of the image list and of the test list, so that a later
+    load can prove it carved the same split.
+    """
+    labels = labels.cpu().long()
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
+    counts = torch.bincount(labels, minlength=len(class_names))
+    single = [class_names[c] for c in range(len(class_names)) if counts[c] == 1]
+    if single:
+        raise DatasetError(f"{where}: cannot carve a test split from class(es) with a single image: "
+                           f"{', '.join(single[:20])}{' ...' if len(single) > 20 else ''}. Add images to them, "
+                           "remove them, or provide a test split of your own")
+    fraction, per_class = (None, int(test)) if isinstance(test, int) else (float(test), None)
+    train_idx, test_idx = stratified_split(labels, fraction=fraction, per_class=per_class, seed=seed)
+    record = {
+        "kind": "carved", "test": test, "seed": int(seed), "method": CARVE_METHOD,
+        "images": int(len(labels)), "train_images": int(len(train_idx)), "test_images": int(len(test_idx)),
+        "images_sha256": _id_digest(labels, ids, torch.arange(len(labels))),
+        "test_sha256": _id_digest(labels, ids, test_idx),
+    }
+    return train_idx, test_idx, record
+
+
+def _id_digest(labels: torch.Tensor, ids: Sequence[str], index: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for i in index.tolist():
+        h.update(f"{int(labels[i])}\t{ids[i]}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def check_split(recorded: dict | None, ds: "ImageDataset", where: str) -> None:
+    """Fail when ``ds`` did not carve the test split that ``recorded`` (an artifact's copy of meta["split"]) names.
+
+    Nothing is checked when either side has no carved split (official splits are files, not draws).
+    """
+    current = ds.meta.get("split")
+    if not recorded or not current or recorded.get("kind") != "carved":
+        return
+    for key in ("images_sha256", "test_sha256"):
+        if recorded.get(key) != current.get(key):
+            what = "image list" if key == "images_sha256" else "test split"
+            raise DatasetError(
+                f"the {what} of {ds.name} differs from the one {where} recorded "
+                f"(recorded {key} {str(recorded.get(key))[:16]}..., now {str(current.get(key))[:16]}...; "
+                f"test {recorded.get('test')}, seed {recorded.get('seed')}): the files changed, or the split was "
+                "carved with other settings. Restore the files, or distill again")

@@ -28,7 +28,20 @@ def list_datasets(data_root: str | None = None, brief: bool = False) -> None:
             print(f"    from: {info.source}")
             for line in info.layout.splitlines():
                 print(f"  {line}")
-    print("folder:<path>        any <path>/train/<class>/ with <path>/test/<class>/ (or val/) image folders")
+    print("folder:<path>        any <path>/train/<class>/ with <path>/test/<class>/ (or val/) image folders,")
+    print("                     or one <path>/<class>/ tree: a stratified test split is carved, 20% per class, seed 0;")
+    print("                     folder,test=0.1,seed=3:<path> sets them (test=5: 5 per class). Options go before")
+    print("                     the colon; every command reloading the same name carves the same split.")
+    print("hf:<path>            a Hugging Face datasets directory (save_to_disk, or [data/]<split>-*.parquet) with an")
+    print("                     Image and a ClassLabel column (hf,image=COL,label=COL:<path> names them); train/test,")
+    print("                     validation as val (as test when there is no test); one split: carved as above "
+          f"[{_hf_state()}]")
+
+
+def _hf_state() -> str:
+    import importlib.util
+
+    return "datasets installed" if importlib.util.find_spec("datasets") else "needs: pip install 'lgm[hf]'"
 
 
 def check_dataset(name: str, data_root: str | None, on_bad_image: str) -> None:

@@ -18,6 +18,7 @@ A bad image is never given a placeholder with a label.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -119,8 +120,8 @@ def to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L")  # ITU-R 601-2 luma
 
 
-def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.ndarray:
-    """The image at ``path`` as uint8 C x size x size: center square crop, antialiased resize.
+def decode_image(path: str | os.PathLike | io.BytesIO, size: int, channels: int = 3) -> np.ndarray:
+    """The image at ``path`` (or in a binary stream) as uint8 C x size x size: center square crop, antialiased resize.
 
     Raises the PIL/OS error of a bad file; callers turn it into a :class:`BadImage`.
     """
@@ -145,12 +146,17 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
     return np.ascontiguousarray(arr)
 
 
-def _try_decode(path: str, size: int, channels: int) -> np.ndarray | BadImage:
+Source = str | tuple[str, bytes]
+"""Where an image comes from: a file path, or (its name in messages, its encoded bytes)."""
+
+
+def _try_decode(source: Source, size: int, channels: int) -> np.ndarray | BadImage:
+    name, data = source if isinstance(source, tuple) else (source, None)
     try:
-        return decode_image(path, size, channels)
+        return decode_image(source if data is None else io.BytesIO(data), size, channels)
     except DECODE_ERRORS as e:
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return BadImage(path, reason)
+        return BadImage(name, reason)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -170,7 +176,7 @@ def decode_pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def decode_many(paths: Sequence[str], size: int, channels: int, workers: int) -> list[np.ndarray | BadImage]:
+def decode_many(paths: Sequence[Source], size: int, channels: int, workers: int) -> list[np.ndarray | BadImage]:
     if workers <= 1 or len(paths) <= 1:
         return [_try_decode(p, size, channels) for p in paths]
     chunk = max(1, len(paths) // (4 * workers))
@@ -189,6 +195,10 @@ def decoded_bytes_limit() -> int:
 class FileSplit:
     """A split backed by image files: paths, int64 labels and optional int64 groups; decoded lazily.
 
+    ``blobs`` (optional, one per image: encoded bytes or None) holds images
+    that live in memory rather than in files, e.g. the image column of a
+    Hugging Face dataset; ``paths`` then names them in messages.
+
     ``load`` decodes the requested images in the thread pool at the requested
     size (pixels in [0, 1], moved to ``device``). ``materialize(size)`` decodes
     the whole split once into an in-memory :class:`ImageSplit` of uint8 at
@@ -197,8 +207,17 @@ class FileSplit:
     """
 
     def __init__(self, paths: Sequence[str], labels: torch.Tensor | Sequence[int], groups: torch.Tensor | Sequence[int] | None = None,
-                 channels: int = 3, on_bad_image: OnBadImage = "fail", workers: int | None = None, name: str = "split") -> None:
+                 channels: int = 3, on_bad_image: OnBadImage = "fail", workers: int | None = None, name: str = "split",
+                 blobs: Sequence[bytes | None] | None = None) -> None:
         self.paths = np.asarray([str(p) for p in paths], dtype=object)
+        self.blobs = None
+        if blobs is not None:
+            # Filled element by element: np.asarray would try to read equal-length bytes as a 2-D array.
+            self.blobs = np.empty(len(blobs), dtype=object)
+            for i, b in enumerate(blobs):
+                self.blobs[i] = b
+            if len(self.blobs) != len(self.paths):
+                raise ValueError(f"{len(self.paths)} paths but {len(self.blobs)} blobs")
         self.labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         self.groups = None if groups is None else torch.as_tensor(groups, dtype=torch.long).reshape(-1)
         if len(self.paths) != len(self.labels):
@@ -222,12 +241,19 @@ class FileSplit:
     def _like(self, keep: np.ndarray | torch.Tensor) -> "FileSplit":
         keep_t = torch.as_tensor(np.asarray(keep), dtype=torch.long).reshape(-1)
         out = FileSplit(self.paths[keep_t.numpy()], self.labels[keep_t], None if self.groups is None else self.groups[keep_t],
-                        self.channels, self.on_bad_image, self.workers, self.name)
+                        self.channels, self.on_bad_image, self.workers, self.name,
+                        None if self.blobs is None else self.blobs[keep_t.numpy()])
         out.skipped = list(self.skipped)
         return out
 
     def subset(self, index: torch.Tensor) -> "FileSplit":
         return self._like(index.cpu())
+
+    def sources(self, idx: np.ndarray) -> list[Source]:
+        """What to decode for rows ``idx``: the file path, or (name, bytes) for an in-memory image."""
+        if self.blobs is None:
+            return list(self.paths[idx])
+        return [p if b is None else (p, b) for p, b in zip(self.paths[idx], self.blobs[idx])]
 
     def _bad(self, bad: list[BadImage], what: str) -> None:
         if not bad:
@@ -247,7 +273,7 @@ class FileSplit:
         ``verify()`` or ``materialize()`` first to drop bad files outright.
         """
         idx = index.cpu().reshape(-1).numpy()
-        out = decode_many(list(self.paths[idx]), size, self.channels, self.workers)
+        out = decode_many(self.sources(idx), size, self.channels, self.workers)
         bad_rows = [i for i, r in enumerate(out) if isinstance(r, BadImage)]
         if bad_rows:
             bad = [out[i] for i in bad_rows]
@@ -271,7 +297,7 @@ class FileSplit:
         for j in same[start + 1:] + same[:start]:
             if self.paths[j] in known_bad:
                 continue
-            r = _try_decode(self.paths[j], size, self.channels)
+            r = _try_decode(self.sources(np.asarray([j]))[0], size, self.channels)
             if not isinstance(r, BadImage):
                 return r
             self.skipped.append(r)
@@ -288,7 +314,8 @@ class FileSplit:
         bar = tqdm(total=n, desc=f"{what} {self.name}", disable=not progress, file=sys.stderr, dynamic_ncols=True, unit="img")
         for start in range(0, n, batch):
             stop = min(start + batch, n)
-            for i, r in zip(range(start, stop), decode_many(list(self.paths[start:stop]), size, self.channels, self.workers)):
+            for i, r in zip(range(start, stop), decode_many(self.sources(np.arange(start, stop)), size, self.channels,
+                                                            self.workers)):
                 if isinstance(r, BadImage):
                     bad_idx.append(i)
                     bad.append(r)

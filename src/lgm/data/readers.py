@@ -20,17 +20,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from lgm.data.base import ImageDataset
+from lgm.data.base import ImageDataset, carve_test_split
 from lgm.data.images import (
-    FileSplit,
+    IMAGE_EXTENSIONS,
     OnBadImage,
     check_on_bad_image,
     class_dirs,
     file_split,
+    list_image_files,
     scan_entries,
     scan_image_folder,
     warn,
 )
+from lgm.data.sources import SourceSpec
 from lgm.errors import DatasetError, MissingResourceError
 
 
@@ -518,7 +520,9 @@ ARTBENCH_STYLES = ("art_nouveau", "baroque", "expressionism", "impressionism", "
 
 FOLDER_LAYOUT = """\
   <path>/train/<class>/*.<image extension>
-  <path>/test/<class>/*   (or <path>/val/<class>/*)   the same class folders"""
+  <path>/test/<class>/*   (or <path>/val/<class>/*)   the same class folders
+or a single class tree, from which a seeded stratified test split is carved:
+  <path>/<class>/*.<image extension>   (folder,test=0.2,seed=0:<path> are the defaults)"""
 
 
 def _folder_test_dir(root: Path) -> Path | None:
@@ -567,12 +571,69 @@ def load_artbench(data_root: str | None = None, on_bad_image: OnBadImage = "fail
                              expected_classes=ARTBENCH_STYLES)
 
 
-def load_folder(spec: str, on_bad_image: OnBadImage = "fail") -> ImageDataset:
-    """``folder:<path>``: any ImageFolder pair of splits."""
-    path = Path(spec.split(":", 1)[1]).expanduser()
+def load_folder(name: str, on_bad_image: OnBadImage = "fail") -> ImageDataset:
+    """``folder[,test=F|N][,seed=S]:<path>``: an ImageFolder pair of splits, or a single class tree.
+
+    A pair (``<path>/train/<class>/`` with ``<path>/test/<class>/`` or ``val/``)
+    is read as is. A single tree (``<path>/<class>/``, no train/) gets a test
+    split carved per class: ``test`` is a fraction (default 0.2) or a number
+    of images per class, ``seed`` its seed (default 0); see :func:`load_class_tree`.
+    """
+    spec = SourceSpec.parse(name)
+    path = spec.path
     if not path.is_dir():
-        raise MissingResourceError(f"{spec}: {describe(path)}\nExpected layout:\n{FOLDER_LAYOUT}")
-    return load_image_folder(path, spec, check_on_bad_image(on_bad_image))
+        raise MissingResourceError(f"{name}: {describe(path)}\nExpected layout:\n{FOLDER_LAYOUT}")
+    check_on_bad_image(on_bad_image)
+    split_dirs = [d for d in ("train", "test", "val") if (path / d).is_dir()]
+    if "train" in split_dirs and len(split_dirs) > 1:
+        spec.refuse_carve_options(f"{path} has its own train/ and {split_dirs[1]}/ splits")
+        return load_image_folder(path, name, on_bad_image)
+    if split_dirs:
+        raise MissingResourceError(
+            f"{name}: {path} has {' and '.join(d + '/' for d in split_dirs)} but not both train/ and test/ (or val/); "
+            f"{describe(path)}\nExpected layout:\n{FOLDER_LAYOUT}")
+    test, seed = spec.carve_settings()
+    return load_class_tree(path, name, test, seed, on_bad_image)
+
+
+def load_class_tree(root: Path, name: str, test: float | int, seed: int, on_bad_image: OnBadImage = "fail",
+                    channels: int = 3) -> ImageDataset:
+    """``root/<class>/**`` images, with a seeded stratified test split carved per class.
+
+    The split is drawn over every file with an image extension, bad ones
+    included, in sorted relative-path order, so it is the same on every machine
+    and does not move when ``on_bad_image="skip"`` leaves a bad file out (the
+    file leaves the side it was drawn for). ``meta["split"]`` records it.
+    """
+    classes = class_dirs(root)
+    if not classes:
+        raise DatasetError(f"{name}: no class folders in {root} ({describe(root)})\nExpected layout:\n{FOLDER_LAYOUT}")
+    ids: list[str] = []
+    labels: list[int] = []
+    empty, ignored = [], 0
+    for label, cls in enumerate(classes):
+        files, bad, ig = list_image_files(root / cls)
+        ignored += ig
+        rel = sorted(Path(p).relative_to(root).as_posix() for p in [*map(str, files), *(b.path for b in bad)])
+        if not rel:
+            empty.append(cls)
+        ids += rel
+        labels += [label] * len(rel)
+    if empty:
+        raise DatasetError(f"{name}: class folder(s) with no image files under {root}: "
+                           f"{', '.join(empty[:20])}{' ...' if len(empty) > 20 else ''} "
+                           f"(image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if ignored:
+        warn(f"{name}: ignored {ignored} file(s) without an image extension under {root}")
+    label_t = torch.tensor(labels, dtype=torch.long)
+    train_idx, test_idx, record = carve_test_split(label_t, classes, ids, test, seed, name)
+    splits = {}
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        scan = scan_entries((root / ids[i], labels[i], None) for i in idx.tolist())
+        splits[split] = file_split(scan, name, split, on_bad_image, channels=channels, class_names=classes)
+    how = f"{test:.0%} per class" if isinstance(test, float) else f"{test} per class"
+    meta = {"class_dirs": list(classes), "test_split": f"carved: {how}, stratified, seed {seed}", "split": record}
+    return ImageDataset(name, list(classes), splits["train"], splits["test"], source=str(root), meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------- Waterbirds
