@@ -220,7 +220,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
     """Probe results of ``artifact`` on each backbone of ``cfg``: top-1/top-5 over repeats and 1-NN."""
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     device = resolve_device(cfg.device)
     ds_name = cfg.dataset or artifact.meta.get("dataset")
@@ -252,7 +252,7 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
     """The full-dataset reference: a probe on every training image outside the validation split (SPEC §7)."""
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset or ref["dataset"], cfg.data_root, cfg.on_bad_image)

@@ -321,7 +321,7 @@ def run_cache_features(cfg: CacheFeaturesConfig) -> RealFeatureCache:
 
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     cfg.validate()
     device = resolve_device(cfg.device)

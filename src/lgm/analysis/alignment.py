@@ -108,7 +108,7 @@ def run_align(cfg: AlignConfig, log=None) -> dict:
     from lgm.artifacts import atomic_write_json, atomic_write_text
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
     from lgm.evaluate import stored_split_features
     from lgm.feature_store import FeatureStore
     from lgm.version import __version__

@@ -72,7 +72,7 @@ def open_run(run: str | Path, backbone: str | None = None, device: str = "auto",
     """Load a run directory (or artifact) with the dataset and backbone it records (``backbone`` overrides)."""
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
     from lgm.evaluate import check_artifact
     from lgm.feature_store import FeatureStore
 
