@@ -305,21 +305,38 @@ class PageParser:
         from html.parser import HTMLParser
 
         self.imgs, self.ids, self.hrefs, self.tags, self.urls = [], set(), [], [], []
+        self.id_order: list[str] = []  # ids in document order
+        self.folded: list[str] = []  # table cells inside a <details> element
+        self.cells: list[str] = []  # every table cell, in document order
         outer = self
+        depth = {"details": 0, "td": 0}
 
         class P(HTMLParser):
             def handle_starttag(self, tag, attrs):
                 a = dict(attrs)
                 outer.tags.append(tag)
+                if tag in depth:
+                    depth[tag] += 1
                 if tag == "img":
                     outer.imgs.append(a.get("src", ""))
                 if "id" in a:
                     outer.ids.add(a["id"])
+                    outer.id_order.append(a["id"])
                 if tag == "a":
                     outer.hrefs.append(a.get("href", ""))
                 for k in ("src", "href", "srcset", "poster", "data"):
                     if k in a and tag != "img":
                         outer.urls.append(a[k])
+
+            def handle_endtag(self, tag):
+                if tag in depth:
+                    depth[tag] -= 1
+
+            def handle_data(self, data):
+                if depth["td"]:
+                    outer.cells.append(data)
+                    if depth["details"]:
+                        outer.folded.append(data)
 
         P().feed(text)
 
@@ -341,6 +358,10 @@ def check_self_contained(text: str) -> PageParser:
             im.load()
             assert im.size[0] > 0 and im.size[1] > 0
     return page
+
+
+# What a reader looks for first: the images and how well they do; how they were made at the end.
+RUN_PAGE_ORDER = ["images", "evaluation", "loss", "pca", "neighbors", "provenance", "config"]
 
 
 def test_report_is_self_contained_with_every_section(tiny_run, tmp_path):
@@ -367,8 +388,16 @@ def test_report_is_self_contained_with_every_section(tiny_run, tmp_path):
     assert len(page.imgs) == 4  # loss curve, grid, PCA, neighbours
     assert "43.2 ± 1.0" in text and "T-shirt/top" in text and "toy_cnn" in text
     assert "command line" in text and "lgm version" in text
+    # Results first, the config last and folded (a <details> element: it opens without JavaScript).
+    assert [i for i in page.id_order if i in SECTIONS] == RUN_PAGE_ORDER
+    assert "details" in page.tags and "summary" in page.tags
+    config = json.loads((path / "config.json").read_text())
+    assert {"steps", "lr", "augs", "seed"} <= set(page.folded) and set(config) <= set(page.folded)
+    assert "43.2 ± 1.0" in page.cells and "43.2 ± 1.0" not in page.folded  # the results are not folded
+    assert page.cells.index("43.2 ± 1.0") < page.cells.index("steps")
     other = check_self_contained((out / "plain.html").read_text())
     assert set(SECTIONS) <= other.ids and "not computed: lgm pca" in (out / "plain.html").read_text()
+    assert [i for i in other.id_order if i in SECTIONS] == RUN_PAGE_ORDER
     index = check_self_contained((out / "index.html").read_text())
     assert index.hrefs == ["snap.html", "plain.html"] and len(index.imgs) == 2
 

@@ -7,7 +7,7 @@ import torch
 
 from lgm.augment import VIEW_BLOCK, AugmentConfig, ViewAugmenter
 from lgm.backbones import load_backbone
-from lgm.distillation import synthetic_backward
+from lgm.synthetic_side import synthetic_backward
 from lgm.matching import head_gradient, sample_head
 from lgm.synthetic import make_synthetic
 

@@ -16,6 +16,7 @@ import torch
 import lgm.artifacts
 import lgm.distillation
 import lgm.rundir
+import lgm.synthetic_side
 from lgm.artifacts import DistilledSet
 from lgm.config import JOINT_KEYS, LATER_KEYS, DistillConfig
 from lgm.distillation import distill
@@ -151,7 +152,7 @@ def test_full_real_gradient_is_the_gradient_over_the_whole_cache():
     w, b = torch.randn(5, 8, generator=g) * 0.1, torch.zeros(5)
     real = CachedReal(feats, labels, torch.device("cpu"))
     from lgm.config import DistillConfig
-    from lgm.distillation import real_batch_size
+    from lgm.real_side import real_batch_size
 
     n = real_batch_size(DistillConfig("d", "b", real_features="cached", real_gradient="full"), 5)
     full = real.gradient(w, b, n, torch.Generator(), torch.Generator())
@@ -221,7 +222,7 @@ def test_interrupted_checkpoint_write_keeps_previous(fashion_root, tmp_path, mon
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(fashion_root, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real_loss = lgm.distillation.meta_loss
+    real_loss = lgm.synthetic_side.meta_loss
     calls = {"n": 0}
 
     def poisoned(g_real, g_syn):
@@ -229,7 +230,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(fashion_root, tmp_p
         loss = real_loss(g_real, g_syn)
         return loss * float("nan") if calls["n"] >= 8 else loss
 
-    monkeypatch.setattr(lgm.distillation, "meta_loss", poisoned)
+    monkeypatch.setattr(lgm.synthetic_side, "meta_loss", poisoned)  # the synthetic side computes the loss
     with pytest.raises(NonFiniteLossError, match="step 7.*last good checkpoint \\(step 5\\)"):
         run_tiny(fashion_root, out, steps=20, checkpoint_every=5)
     ckpt = RunDir(out).load_checkpoint()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lgm.data import ImageDataset, load_dataset, stratified_indices
-from lgm.baselines import random_indices
+from lgm.selection import random_indices
 from lgm.distillation import distill
 from lgm.errors import MissingResourceError
 from lgm.evaluate import EvalContext

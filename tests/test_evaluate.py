@@ -162,7 +162,7 @@ def test_nonfinite_features_are_not_cached(tmp_path):
 
 
 def test_neighbors_pick_the_most_similar_image_of_the_same_class():
-    from lgm.baselines import neighbor_indices
+    from lgm.selection import neighbor_indices
 
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1])
@@ -172,7 +172,7 @@ def test_neighbors_pick_the_most_similar_image_of_the_same_class():
 
 
 def test_random_selection_stays_in_the_pool_and_is_class_major():
-    from lgm.baselines import random_indices
+    from lgm.selection import random_indices
 
     labels = torch.arange(4).repeat_interleave(25)
     pool = torch.arange(0, 100, 2)  # even rows only

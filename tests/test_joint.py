@@ -17,9 +17,10 @@ from lgm.augment import AugmentConfig, ViewAugmenter
 from lgm.backbones import BACKBONES, Backbone, BackboneEntry, register_backbone
 from lgm.backbones.toy import TOY_INFO, build_toy
 from lgm.config import DistillConfig
-from lgm.distillation import distill, synthetic_backward
+from lgm.distillation import distill
 from lgm.errors import LgmError, MissingResourceError
 from lgm.matching import head_gradient, meta_loss, sample_head
+from lgm.synthetic_side import synthetic_backward
 from lgm.rundir import RunDir
 from lgm.synthetic import make_synthetic
 from tests.conftest import TINY

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from lgm.baselines import centroid_indices
 from lgm.evaluate import validation_split
 from lgm.probe import ProbeConfig, ProbeResult, nearest_neighbor_top1, topk, train_probes
+from lgm.selection import centroid_indices
 
 FAST = ProbeConfig(epochs=60, batch=32, lr=1e-2, patience=10, views=3)
 

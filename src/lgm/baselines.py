@@ -14,43 +14,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
+from lgm import selection
 from lgm.artifacts import DistilledSet, atomic_write_json
 from lgm.backbone_spec import BackboneFlags, recorded_specs, weights_record
-from lgm.data import ImageDataset, check_split, stratified_indices
+from lgm.data import ImageDataset, check_split
+from lgm.deprecation import moved_names
 from lgm.errors import LgmError, UsageError
 from lgm.evaluate import stored_split_features, validation_split
 from lgm.feature_store import FeatureStore
 from lgm.version import __version__
 
-
-def random_indices(labels: torch.Tensor, ipc: int, seed: int, pool: torch.Tensor | None = None) -> torch.Tensor:
-    """``ipc`` random images per class (from ``pool`` when given), class-major like a distilled set."""
-    pool = torch.arange(labels.shape[0]) if pool is None else pool
-    idx = pool[stratified_indices(labels[pool], ipc, torch.Generator().manual_seed(seed))]
-    return idx[torch.argsort(labels[idx], stable=True)]
-
-
-def centroid_indices(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int = 1) -> torch.Tensor:
-    """Per class, the ``ipc`` images whose embeddings are nearest (L2) the class-mean embedding."""
-    picks = []
-    for c in range(num_classes):
-        rows = torch.nonzero(labels == c).flatten()
-        if rows.numel() < ipc:
-            raise LgmError(f"class {c} has {rows.numel()} training images, fewer than ipc = {ipc}")
-        mean = features[rows].mean(0, keepdim=True)
-        dist = torch.cdist(features[rows].float(), mean.float()).flatten()
-        picks.append(rows[torch.argsort(dist, stable=True)[:ipc]])
-    return torch.cat(picks)
-
-
-def neighbor_indices(query: torch.Tensor, query_labels: torch.Tensor, features: torch.Tensor,
-                     labels: torch.Tensor) -> torch.Tensor:
-    """For each query embedding, the most cosine-similar real image of the same class."""
-    sim = F.normalize(query.float(), dim=1) @ F.normalize(features.float(), dim=1).t()
-    sim = sim.masked_fill(query_labels[:, None] != labels[None, :], float("-inf"))
-    return sim.argmax(1)
+# Pure selection functions moved to lgm.selection (below every layer: distillation's --init real uses one).
+__getattr__ = moved_names(__name__, {name: selection for name in ("random_indices", "centroid_indices",
+                                                                  "neighbor_indices")})
 
 
 @dataclass(frozen=True)
@@ -97,7 +74,7 @@ def selection_artifact(ds: ImageDataset, idx: torch.Tensor, res: int, how: dict,
 def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     """Write random (per seed), centroids, neighbors (with --distilled) and the full reference; return paths."""
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     if cfg.ipc <= 0 or cfg.random_seeds < 0:
         raise UsageError("--ipc must be positive and --random-seeds >= 0")
@@ -124,13 +101,13 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
     common = made_with | {"ipc": cfg.ipc, "crop": crop,
                           "pool": f"training split minus {cfg.val_per_class} validation images per class"}
     for seed in range(cfg.random_seeds):
-        idx = random_indices(ds.train.labels, cfg.ipc, seed, pool)
+        idx = selection.random_indices(ds.train.labels, cfg.ipc, seed, pool)
         art = selection_artifact(ds, idx, res, common | {"selection": "random", "seed": seed}, spec.normalization)
         paths[f"random_s{seed}"] = art.save(out / f"random_s{seed}" / "distilled")
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
     _log(f"features of {pool.numel()} training images on {cfg.backbone}")
     feats = stored_split_features(ds, "train", pool, backbone, res, crop, device, store)
-    idx = pool[centroid_indices(feats, ds.train.labels[pool], ds.num_classes, cfg.ipc)]
+    idx = pool[selection.centroid_indices(feats, ds.train.labels[pool], ds.num_classes, cfg.ipc)]
     art = selection_artifact(ds, idx, res, common | {"selection": "centroids (nearest to class mean, L2)"},
                              spec.normalization)
     paths["centroids"] = art.save(out / "centroids" / "distilled")
@@ -140,7 +117,7 @@ def make_baselines(cfg: BaselineConfig) -> dict[str, Path]:
         from lgm.probe import center_features
 
         q = center_features(backbone, distilled.images, crop, device)
-        idx = pool[neighbor_indices(q, distilled.labels, feats, ds.train.labels[pool])]
+        idx = pool[selection.neighbor_indices(q, distilled.labels, feats, ds.train.labels[pool])]
         art = selection_artifact(ds, idx, res, common | {"selection": "neighbors (most cosine-similar real image "
                                                                        "of the class, per distilled image)",
                                                           "distilled": str(cfg.distilled)}, spec.normalization)

@@ -19,11 +19,12 @@ from lgm.artifacts import DistilledSet, atomic_write_json, atomic_write_text
 from lgm.backbones import Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, load_dataset, stratified_indices
-from lgm.distillation import distill, resolve_device
-from lgm.baselines import centroid_indices, neighbor_indices, random_indices
+from lgm.devices import resolve_device
+from lgm.distillation import distill
 from lgm.evaluate import FULL_PROBE, EvalContext, stored_split_features, summary
 from lgm.feature_store import FeatureStore
 from lgm.probe import ProbeConfig, center_features, topk, train_probes
+from lgm.selection import centroid_indices, neighbor_indices, random_indices
 
 DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=750, augs=4,
                     lr=1e-2, init="real", res=128, crop=128, real_aug="none", real_features="cached", real_gradient="full",

@@ -2,54 +2,51 @@
 
 One step (``distill_step``) reads like the paper's Section 3: sample a head,
 take the real gradient, render and augment the synthetic set, take its
-gradient, compare by cosine, step. Everything around it (run directories,
-checkpoints, signals, metrics) lives in ``lgm.rundir``.
+gradient, compare by cosine, step. The two sides live in ``lgm.real_side``
+(which real features, and their gradient) and ``lgm.synthetic_side`` (the
+synthetic views' meta loss and its backward). Everything around it (run
+directories, checkpoints, signals, metrics) lives in ``lgm.rundir``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from lgm.artifacts import DistilledSet, atomic_save_tensors, atomic_write_json, load_tensors
-from lgm.augment import AugmentConfig, ViewAugmenter
+from lgm import devices, joint, real_side, selection, synthetic_side
+from lgm.artifacts import DistilledSet, atomic_write_json
+from lgm.augment import ViewAugmenter
 from lgm.backbone_spec import weights_record
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
-from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_indices
+from lgm.data import ImageDataset, check_dataset_name, load_dataset
+from lgm.deprecation import moved_names
 from lgm.errors import LgmError, NonFiniteLossError
-from lgm.features import CachedReal, LiveReal, compute_feature_cache
+from lgm.features import CachedReal, LiveReal
 from lgm.grid import save_grid
 from lgm.distributed import SINGLE, Shard, init_from_env
-from lgm.matching import head_gradient, head_gradient_sums, meta_loss, sample_head
+from lgm.matching import sample_head
 from lgm.rundir import Checkpoint, Interrupted, RunDir, StopSignals
 from lgm.synthetic import SyntheticImages, make_synthetic
 from lgm.version import __version__
 
+# Helpers that moved below this module, so that the modules under it (joint, evaluation, baselines, caches)
+# need not import the loop; the old names keep working with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {
+    "resolve_device": devices, "autocast_context": devices,
+    "synthetic_backward": synthetic_side, "sharded_synthetic_backward": synthetic_side,
+    "real_batch_size": real_side, "RealSideChoice": real_side, "REAL_SIDE_FILE": real_side,
+    "cache_request": real_side, "resolve_real_side": real_side, "build_real_side": real_side,
+    "real_aug_config": real_side,
+})
+
 GENERATOR_NAMES = ("init", "head", "aug", "real", "views")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LgmError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def autocast_context(cfg: DistillConfig, device: torch.device):
-    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -132,224 +129,35 @@ def distill_step(
     w, b = sample_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init)
 
     # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
-    g_real = real.gradient(w, b, real_batch_size(cfg, num_classes), gens.real, gens.aug, shard=shard)
+    g_real = real.gradient(w, b, real_side.real_batch_size(cfg, num_classes), gens.real, gens.aug, shard=shard)
 
     # 3-4. Synthetic side: render, A independently augmented views of every image, features with autograd,
     #      cosine distance between the two head gradients, backprop to the image parameters.
     step_seed = int(torch.randint(0, 2**62, (1,), generator=gens.views))
     optimizer.zero_grad(set_to_none=True)
     if shard.active:
-        loss = sharded_synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views,
-                                          step_seed, cfg.chunk, autocast, shard)
+        loss = synthetic_side.sharded_synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b,
+                                                         views, step_seed, cfg.chunk, autocast, shard)
         shard.all_reduce_grads(list(syn.parameters()))
     else:
-        loss = synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views, step_seed,
-                                  cfg.chunk, autocast)
+        loss = synthetic_side.synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views,
+                                                 step_seed, cfg.chunk, autocast)
     optimizer.step()
     return loss
 
 
-def synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone: Backbone, g_real: torch.Tensor,
-                       w: torch.Tensor, b: torch.Tensor, views: ViewAugmenter, step_seed: int, chunk: int,
-                       autocast, scale: float = 1.0) -> torch.Tensor:
-    """Meta loss of the synthetic views; its gradient is accumulated into the synthetic parameters.
-
-    With ``chunk`` smaller than the number of views the gradient is still exact:
-    a first pass takes every view's features without a graph; the meta loss
-    depends on the views only through those features, so its gradient w.r.t.
-    them (cheap, closed-form head) is formed once; then each chunk is re-run
-    with a graph and backpropagated with its slice of that gradient. At most
-    ``chunk`` views hold activations at any time. The gradient accumulated is
-    that of ``scale`` times the loss (joint runs: the backbone's share); the
-    loss returned is unscaled.
-    """
-    m = view_labels.shape[0]
-    if chunk <= 0 or chunk >= m:
-        with autocast:
-            z = backbone.features(views.views(syn.render(), 0, m, step_seed))
-        loss = meta_loss(g_real, head_gradient(z.to(w.dtype), view_labels, w, b))
-        (loss * scale if scale != 1.0 else loss).backward()
-        return loss.detach()
-    bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
-    with torch.no_grad():
-        images = syn.render()
-        with autocast:
-            z = torch.cat([backbone.features(views.views(images, s, e, step_seed)).to(w.dtype) for s, e in bounds])
-    z.requires_grad_(True)
-    loss = meta_loss(g_real, head_gradient(z, view_labels, w, b))
-    (dz,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, z)
-    for s, e in bounds:
-        with autocast:
-            z_chunk = backbone.features(views.views(syn.render(), s, e, step_seed))
-        z_chunk.to(w.dtype).backward(dz[s:e])
-    return loss.detach()
-
-
-def sharded_synthetic_backward(syn: SyntheticImages, view_labels: torch.Tensor, backbone: Backbone,
-                               g_real: torch.Tensor, w: torch.Tensor, b: torch.Tensor, views: ViewAugmenter,
-                               step_seed: int, chunk: int, autocast, shard: Shard) -> torch.Tensor:
-    """``synthetic_backward`` for this process's contiguous shard of the views (gradients not yet all-reduced).
-
-    The meta loss depends on the views only through the sum S of their closed-form head gradients: S is the
-    all-reduced sum of the shards' S_k, so dL/dS (the same on every process) is formed once and each
-    process backpropagates dL/dS through its own S_k, whole or ``chunk`` views at a time.
-    """
-    m = view_labels.shape[0]
-    lo, hi = shard.bounds(m)
-    labels = view_labels[lo:hi]
-    chunked = 0 < chunk < hi - lo
-    if chunked:
-        with torch.no_grad():
-            images = syn.render()
-            with autocast:
-                z = torch.cat([backbone.features(views.views(images, s, min(s + chunk, hi), step_seed)).to(w.dtype)
-                               for s in range(lo, hi, chunk)])
-        z.requires_grad_(True)
-    else:
-        with autocast:
-            z = backbone.features(views.views(syn.render(), lo, hi, step_seed)).to(w.dtype)
-    gw, gb = head_gradient_sums(z, labels, w, b)
-    local = torch.cat([gw.reshape(-1), gb])
-    total = shard.all_reduce_(local.detach().clone()).requires_grad_(True)
-    loss = meta_loss(g_real, total / m)
-    (d_total,) = torch.autograd.grad(loss, total)
-    if not chunked:
-        local.backward(d_total)
-        return loss.detach()
-    (dz,) = torch.autograd.grad(local, z, d_total)
-    for s in range(lo, hi, chunk):
-        e = min(s + chunk, hi)
-        with autocast:
-            z_chunk = backbone.features(views.views(syn.render(), s, e, step_seed))
-        z_chunk.to(w.dtype).backward(dz[s - lo:e - lo])
-    return loss.detach()
-
-
-def real_batch_size(cfg: DistillConfig, num_classes: int) -> int:
-    if cfg.real_gradient == "full":
-        return 2**62  # every cached row: CachedReal takes the exact gradient over the whole cache
-    return cfg.real_batch or cfg.ipc * cfg.augs * num_classes
-
-
-@dataclass(frozen=True)
-class RealSideChoice:
-    """How a run gets its real gradients, as resolved from --real-features (recorded in real_side.json)."""
-
-    mode: Literal["live", "run-cache", "standalone"]
-    requested: str
-    cache_id: str | None = None
-    cache_path: str | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-REAL_SIDE_FILE = "real_side.json"
-
-
-def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
-    """The key a standalone cache must match for this run (its size fields aside: any views/selection do)."""
-    from lgm.real_cache import CacheFeaturesConfig, cache_key, select_indices
-
-    req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
-                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=real_aug_config(cfg).kind,
-                              clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean,
-                              random_init=cfg.random_init, weights=cfg.weights, normalization=cfg.normalization)
-    return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
-
-
-def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
-    """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
-    from lgm.artifacts import read_json
-    from lgm.feature_store import cache_root
-    from lgm.real_cache import SIZE_FIELDS, RealFeatureCache, find_real_cache
-
-    recorded = run.path / REAL_SIDE_FILE if run is not None else None
-    if recorded is not None and recorded.is_file():
-        prev = RealSideChoice(**read_json(recorded))
-        if prev.mode != "standalone":
-            return prev, None
-        candidates = [p for p in (cfg.real_cache, prev.cache_path,
-                                  str(cache_root(cfg.cache_dir) / "real" / str(prev.cache_id))) if p]
-        for path in candidates:
-            if (Path(path) / "meta.json").is_file():
-                cache = RealFeatureCache.open(path, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
-                if cache.id != prev.cache_id:
-                    raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id}, but {path} "
-                                   f"holds {cache.id}; resume with --real-cache pointing at the original cache")
-                return prev, cache
-        raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} ({prev.cache_path}), "
-                       "which is gone; rebuild it with the same `lgm cache-features` command, or name it with "
-                       "--real-cache")
-    if cfg.real_features == "live":
-        return RealSideChoice("live", "live"), None
-    cache = None
-    if cfg.real_cache is not None:
-        cache = RealFeatureCache.open(cfg.real_cache, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
-    else:
-        found = find_real_cache(cache_request(cfg, ds, bb), cfg.cache_dir)
-        if found is not None:
-            cache = RealFeatureCache.open(found)
-    if cache is not None:
-        return RealSideChoice("standalone", cfg.real_features, cache.id, str(cache.path.resolve())), cache
-    if cfg.real_features == "cached" or cfg.real_gradient == "full":
-        return RealSideChoice("run-cache", cfg.real_features), None
-    return RealSideChoice("live", cfg.real_features), None
-
-
-def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
-                    run: RunDir | None, choice: RealSideChoice | None = None,
-                    cache=None, cache_name: str = "real_features.safetensors") -> LiveReal | CachedReal:
-    aug_cfg = real_aug_config(cfg)
-    if choice is None:
-        choice, cache = resolve_real_side(cfg, ds, backbone, run)
-    if choice.mode == "live":
-        return LiveReal(ds.train, cfg.res, cfg.crop, aug_cfg, backbone, device, autocast)
-    if choice.mode == "standalone":
-        return CachedReal(cache.features, cache.labels, device)
-    cache_path = run.path / cache_name if run is not None else None
-    if cache_path is not None and cache_path.is_file():
-        tensors = load_tensors(cache_path)
-        return CachedReal(tensors["features"], tensors["labels"], device)
-    split = ds.train
-    if cfg.cache_per_class:
-        picker = torch.Generator().manual_seed((cfg.seed << 8) | 5)
-        split = split.subset(torch.sort(stratified_indices(split.labels, cfg.cache_per_class, picker)).values)
-    gen = torch.Generator(device=device).manual_seed((cfg.seed << 8) | 4)
-    feats, labels = compute_feature_cache(backbone, split, cfg.res, cfg.crop, aug_cfg, cfg.cache_views, gen,
-                                          device, autocast, progress=cfg.progress)
-    if cache_path is not None:
-        atomic_save_tensors(cache_path, {"features": feats, "labels": labels},
-                            metadata={"config_hash": cfg.hash(), "backbone": backbone.name, "dataset": ds.name})
-    return CachedReal(feats, labels, device)
-
-
 def init_from_real(syn: SyntheticImages, ds: ImageDataset, cfg: DistillConfig, device: torch.device) -> list[int]:
     """Start from ipc seeded random training images per class (class-major); returns their indices."""
-    from lgm.baselines import random_indices
-
-    idx = random_indices(ds.train.labels.cpu(), cfg.ipc, seed=(cfg.seed << 8) | 6)
+    idx = selection.random_indices(ds.train.labels.cpu(), cfg.ipc, seed=(cfg.seed << 8) | 6)
     syn.init_from_images(ds.train.load(idx, cfg.res, device))
     return idx.tolist()
 
 
 def joint_meta(backbones: list[Backbone], cfg: DistillConfig) -> dict:
     """Artifact fields of a joint run: every backbone (name, weights used, loss weight) and the schedule."""
-    from lgm.joint import JointSummary
-
-    summary = JointSummary.of(backbones, cfg)
+    summary = joint.JointSummary.of(backbones, cfg)
     return {"backbone": summary.names, "backbones": summary.entries, "backbone_schedule": cfg.backbone_schedule,
             "random_init": any(bb.random_init for bb in backbones)}
-
-
-def _aug_config(cfg: DistillConfig) -> AugmentConfig:
-    return AugmentConfig(kind=cfg.aug, clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean)
-
-
-def real_aug_config(cfg: DistillConfig) -> AugmentConfig:
-    """How real images are seen: like the synthetic views (--real-aug same), or whole (none)."""
-    aug = _aug_config(cfg)
-    return aug if cfg.real_aug == "same" else dataclasses.replace(aug, kind="none")
 
 
 def _log(msg: str) -> None:
@@ -373,8 +181,6 @@ def distill(
     joins the process group and does its share of every step
     (``lgm.distributed``); only rank 0 writes ``out``.
     """
-    from lgm import joint
-
     ds_name = dataset if isinstance(dataset, str) else dataset.name
     bb_name = (tuple(joint.spec_name(b) for b in backbone) if isinstance(backbone, (list, tuple))
                else backbone if isinstance(backbone, str) else backbone.name)
@@ -385,7 +191,7 @@ def distill(
     cfg = config.resolved()
     cfg.validate()
     shard, device_name = init_from_env(cfg.device)
-    device = resolve_device(device_name)
+    device = devices.resolve_device(device_name)
     # Unknown names fail before a run directory is created.
     if isinstance(dataset, str):
         check_dataset_name(cfg.dataset)
@@ -421,8 +227,8 @@ def distill(
     weights_file = weights_record(cfg.weights) if cfg.weights and not cfg.joint else None
     if run is not None:  # dataset, backbones and weights are good: now the run directory may be written
         shard.run_on_main(lambda: run.create(cfg))
-    choice = shard.run_on_main(lambda: resolve_real_side(cfg, ds, bb, run)[0])
-    n_real = real_batch_size(cfg, ds.num_classes)
+    choice = shard.run_on_main(lambda: real_side.resolve_real_side(cfg, ds, bb, run)[0])
+    n_real = real_side.real_batch_size(cfg, ds.num_classes)
     if choice.mode == "live" and n_real > len(ds.train):
         how = "--real-batch" if cfg.real_batch else f"ipc*augs*classes = {cfg.ipc}*{cfg.augs}*{ds.num_classes}"
         raise LgmError(
@@ -454,7 +260,7 @@ def distill(
     if writer is not None:
         writer.open_metrics(keep_before=start)
 
-    autocast = autocast_context(cfg, device)
+    autocast = devices.autocast_context(cfg, device)
     if cfg.joint:
         bbs = [speed_up_backbone(b, cfg) for b in bbs]
         real = joint.build_joint_real(cfg, ds, bbs, device, autocast, run)
@@ -462,10 +268,10 @@ def distill(
         bb = speed_up_backbone(bb, cfg)
         real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
         if writer is not None:
-            atomic_write_json(writer.path / REAL_SIDE_FILE, choice.to_dict())
+            atomic_write_json(writer.path / real_side.REAL_SIDE_FILE, choice.to_dict())
         if choice.mode == "standalone" and shard.is_main:
             _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
-    views = ViewAugmenter(_aug_config(cfg), cfg.crop, device)
+    views = ViewAugmenter(synthetic_side.view_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
     pending: list[tuple[int, torch.Tensor, int, dict[str, torch.Tensor]]] = []
     good_step = start
@@ -589,11 +395,11 @@ def distill(
 
 
 def _real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, device: torch.device, autocast,
-               run: RunDir | None, choice: RealSideChoice) -> LiveReal | CachedReal:
+               run: RunDir | None, choice: real_side.RealSideChoice) -> LiveReal | CachedReal:
     from lgm.real_cache import RealFeatureCache
 
     cache = RealFeatureCache.open(choice.cache_path) if choice.mode == "standalone" else None
-    return build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
+    return real_side.build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
 
 
 def speed_up_backbone(bb: Backbone, cfg: DistillConfig) -> Backbone:

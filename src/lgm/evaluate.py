@@ -229,7 +229,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
     ``cfg.dataset`` or the name the artifact records).
     """
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     device = resolve_device(cfg.device)
     ds_name = cfg.dataset or artifact.meta.get("dataset")
@@ -264,7 +264,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
 def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log=print) -> dict:
     """The full-dataset reference: a probe on every training image outside the validation split (SPEC §7)."""
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset or ref["dataset"], cfg.data_root, cfg.on_bad_image)

@@ -30,6 +30,8 @@ from lgm.config import DistillConfig
 from lgm.errors import LgmError, MissingResourceError
 from lgm.features import CachedReal, LiveReal
 from lgm.matching import head_gradient, sample_head
+from lgm.real_side import RealSideChoice, build_real_side, real_aug_config, real_batch_size, resolve_real_side
+from lgm.synthetic_side import synthetic_backward
 
 # Seeds of the joint run's extra generators: (seed << 8) | index; 0-6 are taken by the single-backbone run.
 SCHEDULE_SEED_INDEX = 31
@@ -148,8 +150,6 @@ class JointReal:
 
 def build_joint_real(cfg: DistillConfig, ds, backbones: list[Backbone], device: torch.device, autocast,
                      run) -> JointReal:
-    from lgm.distillation import RealSideChoice, build_real_side, real_aug_config, resolve_real_side
-
     # Each backbone's standalone cache where one matches (issue 7); with --real-features live, or auto and no
     # cache at all, the paper's live side; otherwise a per-run cache for every backbone without a standalone one.
     resolved = [] if cfg.real_features == "live" else [resolve_real_side(cfg, ds, bb, None) for bb in backbones]
@@ -186,8 +186,6 @@ def joint_synthetic_backward(syn, view_labels: torch.Tensor, backbones: dict[int
     loss is backpropagated on its own, so one backbone's activations are alive
     at a time (``chunk`` bounds them further, exactly as for a single backbone).
     """
-    from lgm.distillation import synthetic_backward
-
     losses = {}
     for k, scale in scales.items():
         w, b = heads[k]
@@ -204,8 +202,6 @@ def joint_step(syn, syn_labels: torch.Tensor, num_classes: int, backbones: list[
     With one backbone this is ``distill_step`` draw for draw and op for op (same
     generators in the same order, scale 1), so the results are bit-identical.
     """
-    from lgm.distillation import real_batch_size
-
     scales = active_backbones(cfg, gens)
     # 1. A fresh random head per active backbone, each from its own generator.
     heads = {k: sample_head(num_classes, backbones[k].feature_dim, head_generator(gens, k), cfg.head_init)

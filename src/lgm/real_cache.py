@@ -129,7 +129,7 @@ def weights_identity(weights: str | None, random_init: bool) -> str:
     path = Path(weights)
     if not path.exists():
         return f"file:{path}"
-    from lgm.backbone_spec import weights_sha256
+    from lgm.digests import weights_sha256
 
     return f"sha256:{weights_sha256(path)[:16]}"
 
@@ -319,7 +319,7 @@ def run_cache_features(cfg: CacheFeaturesConfig) -> RealFeatureCache:
 
     from lgm.backbones import load_backbone
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
 
     cfg.validate()
     device = resolve_device(cfg.device)

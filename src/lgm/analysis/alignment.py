@@ -106,7 +106,7 @@ def run_align(cfg: AlignConfig, log=None) -> dict:
     """Features of the same images on every backbone (through the feature store), the matrix, and its files."""
     from lgm.artifacts import atomic_write_json, atomic_write_text
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
     from lgm.evaluate import stored_split_features
     from lgm.feature_store import FeatureStore
     from lgm.version import __version__

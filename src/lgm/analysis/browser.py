@@ -3,7 +3,7 @@
 Talks the Chrome DevTools Protocol over ``--remote-debugging-pipe`` (file
 descriptors 3 and 4, NUL-terminated JSON), so it needs nothing but the
 chromium binary: no websocket client, no driver. Used by the report test and to
-take the README's screenshot.
+take the report screenshot in docs/analysis.md.
 """
 
 from __future__ import annotations

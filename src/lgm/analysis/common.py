@@ -77,7 +77,7 @@ def open_run(run: str | Path, backbone: str | None = None, device: str = "auto",
     """
     from lgm.backbone_spec import recorded_specs
     from lgm.data import load_dataset
-    from lgm.distillation import resolve_device
+    from lgm.devices import resolve_device
     from lgm.evaluate import check_artifact
     from lgm.feature_store import FeatureStore
 

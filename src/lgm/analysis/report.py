@@ -2,10 +2,12 @@
 
 Every picture is embedded as a base64 ``data:`` URI and the styling is
 inline, so a page opens from disk with no server, no network and no
-JavaScript. A page shows what is there and says what is not: config, meta-loss
-curve (metrics.jsonl), distilled grid, evaluation tables (eval.json of the run
-and of baseline selections, cross-model matrices), the PCA and neighbour
-panels of ``lgm pca`` / ``lgm neighbors`` (``<run>/analysis``), and provenance.
+JavaScript. A page shows what is there and says what is not, results first:
+distilled grid, evaluation tables (eval.json of the run and of baseline
+selections, cross-model matrices), meta-loss curve (metrics.jsonl), the PCA
+and neighbour panels of ``lgm pca`` / ``lgm neighbors`` (``<run>/analysis``),
+provenance, and last the config, folded in a ``<details>`` element (it opens
+without JavaScript).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 from lgm.errors import LgmError, UsageError
 
-SECTIONS = ("provenance", "config", "loss", "images", "evaluation", "pca", "neighbors")
+# The order of a run page: what the run produced first, how it was configured last.
+SECTIONS = ("images", "evaluation", "loss", "pca", "neighbors", "provenance", "config")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -29,7 +32,7 @@ table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } img { max-width: 100%; image-rendering: pixelated; }
 .missing { color: #888; font-style: italic; } code { background: #f5f5f5; padding: 0 .2em; }
-.thumb { max-width: 360px; }
+.thumb { max-width: 360px; } summary { cursor: pointer; color: #555; }
 """
 
 
@@ -174,7 +177,7 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
                 break
     title = f"{run_dir.name}: {meta.get('dataset', config.get('dataset', '?'))} on " \
             f"{meta.get('backbone', config.get('backbone', '?'))}"
-    parts = [f"<h1>{esc(title)}</h1>"]
+    sections: dict[str, str] = {}
 
     # Provenance.
     wf = meta.get("weights_file") if isinstance(meta.get("weights_file"), dict) else {}
@@ -191,19 +194,20 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
             ["lgm version (report)", __version__],
             ["distillation time", f"{meta['seconds']:.0f} s" if "seconds" in meta else ""],
             ["command line", meta.get("command_line", "not recorded")]]
-    parts.append('<h2 id="provenance">Provenance</h2>' + table(["", ""], prov))
+    sections["provenance"] = '<h2 id="provenance">Provenance</h2>' + table(["", ""], prov)
 
-    parts.append('<h2 id="config">Config</h2>' + (table(["key", "value"], [[k, json.dumps(v)] for k, v in
-                                                                           sorted(config.items())])
-                                                   if config else missing("no config.json")))
+    sections["config"] = '<h2 id="config">Config</h2>' + (
+        f"<details><summary>the resolved configuration ({len(config)} keys)</summary>"
+        + table(["key", "value"], [[k, json.dumps(v)] for k, v in sorted(config.items())]) + "</details>"
+        if config else missing("no config.json"))
     png = loss_curve_png(metrics)
     final = metrics[-1]["loss"] if metrics else None
-    parts.append('<h2 id="loss">Meta loss</h2>' + (
+    sections["loss"] = '<h2 id="loss">Meta loss</h2>' + (
         img_tag(png, "meta loss per step") + f"<p>{len(metrics)} steps logged; last loss {final:.4f}.</p>" if png
-        else missing("no metrics.jsonl (or matplotlib is not installed)")))
+        else missing("no metrics.jsonl (or matplotlib is not installed)"))
     grid = grid_png(run_dir, artifact)
-    parts.append('<h2 id="images">Distilled images</h2>' + (img_tag(grid, "distilled images") if grid
-                                                             else missing("no distilled images yet")))
+    sections["images"] = '<h2 id="images">Distilled images</h2>' + (img_tag(grid, "distilled images") if grid
+                                                                  else missing("no distilled images yet"))
 
     # Evaluation: the run's own eval.json, baselines, cross-model matrices.
     rows = eval_rows(read_json_or_none(run_dir / "eval.json"), "distilled")
@@ -220,7 +224,7 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
         if cm is None or "rows" not in cm:
             raise LgmError(f"--crossmodel {c} is not a readable crossmodel.json")
         evaluation += f"<h3>Cross-model ({esc(c)})</h3>" + crossmodel_table(cm)
-    parts.append('<h2 id="evaluation">Evaluation</h2>' + evaluation)
+    sections["evaluation"] = '<h2 id="evaluation">Evaluation</h2>' + evaluation
 
     analysis = run_dir / "analysis"
     pca = read_json_or_none(analysis / "pca.json")
@@ -233,18 +237,21 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
             text += table(["image", "class", "distance (spreads)", "class closer (%)"],
                           [[d["index"], d["class"], f"{d['distance_in_spreads']:.2f}",
                             f"{d['fraction_of_class_closer'] * 100:.0f}"] for d in pca["distilled"]])
-        parts.append('<h2 id="pca">PCA of embeddings</h2>' + img_tag((analysis / "pca.png").read_bytes(), "PCA")
-                     + text)
+        sections["pca"] = ('<h2 id="pca">PCA of embeddings</h2>' + img_tag((analysis / "pca.png").read_bytes(), "PCA")
+                           + text)
     else:
-        parts.append('<h2 id="pca">PCA of embeddings</h2>' + missing(f"not computed: lgm pca {run}"))
+        sections["pca"] = '<h2 id="pca">PCA of embeddings</h2>' + missing(f"not computed: lgm pca {run}")
     nb = read_json_or_none(analysis / "neighbors.json")
     if (analysis / "neighbors.png").is_file():
         text = (f"<p>Top: distilled; bottom: the nearest real training image (cosine, {esc(nb['backbone'])}, "
                 f"{nb['searched_images']} images searched); mean cosine {nb['mean_cosine']:.3f}.</p>") if nb else ""
-        parts.append('<h2 id="neighbors">Nearest real neighbours</h2>' +
-                     img_tag((analysis / "neighbors.png").read_bytes(), "nearest real neighbours") + text)
+        sections["neighbors"] = ('<h2 id="neighbors">Nearest real neighbours</h2>' +
+                                 img_tag((analysis / "neighbors.png").read_bytes(), "nearest real neighbours") + text)
     else:
-        parts.append('<h2 id="neighbors">Nearest real neighbours</h2>' + missing(f"not computed: lgm neighbors {run}"))
+        sections["neighbors"] = ('<h2 id="neighbors">Nearest real neighbours</h2>'
+                                 + missing(f"not computed: lgm neighbors {run}"))
+
+    parts = [f"<h1>{esc(title)}</h1>"] + [sections[name] for name in SECTIONS]
 
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -149,7 +149,7 @@ def load_backbone(
     backbone = Backbone(info, model, random_init=random_init or entry.always_random, normalization=normalization,
                         grad_checkpointing=grad_checkpointing).to(device)
     if weights is not None:
-        from lgm.backbone_spec import weights_sha256
+        from lgm.digests import weights_sha256
 
         # Features of two files are two different things (the feature store keys on this).
         backbone.weights_id = f"sha256:{weights_sha256(weights)[:16]}"

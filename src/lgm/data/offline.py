@@ -2,7 +2,7 @@
 
 Neither has an official test split, so one is carved once, deterministically:
 a stratified, seeded hold-out (seed 0) that never changes between runs or
-machines. The carve-out sizes are documented in the README's dataset table.
+machines. The carve-out sizes are documented in the dataset table of docs/datasets.md.
 """
 
 from __future__ import annotations
