@@ -2,8 +2,11 @@
 
 timm knows every architecture and its pretrained config (mean, std, input
 size, hub repository) offline; its weight download is never used
-(``pretrained=False``). Weights come from a file (--weights, any official
-layout of :mod:`lgm.backbones.layouts`) or from an HF hub cache already on disk.
+(``pretrained=False``). Weights come from a file or ``save_pretrained``
+directory (--weights, any layout of :mod:`lgm.backbones.layouts`) or, by
+default, from what is already on disk: timm's hub repository or the
+transformers one (``facebook/dinov2-base``, ``openai/clip-vit-base-patch16``)
+in the HF cache.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class VitSpec:
     stats: str = "imagenet"  # native normalization: "imagenet" | "clip" (OpenAI CLIP statistics)
     sincos: bool = False  # MoCo v3: fixed 2-D sin-cos position embedding
     hub: bool = True  # timm has a hub repository for these weights
+    hf_repos: tuple[str, ...] = ()  # transformers repositories of the same weights, searched after timm's
 
 
 FEATURES = {
@@ -54,14 +58,19 @@ SPECS: list[VitSpec] = []
 for _s, _arch, _dim in (("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
     # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled.
     SPECS.append(VitSpec(f"dinov2_vit{_s}14", f"vit_{_arch}_patch14_dinov2.lvd142m", "cls", 224, _dim,
-                         _DINOV2.format(_s, "")))
+                         _DINOV2.format(_s, "") + f" or transformers' facebook/dinov2-{_arch}",
+                         hf_repos=(f"facebook/dinov2-{_arch}",)))
     SPECS.append(VitSpec(f"dinov2_vit{_s}14_reg", f"vit_{_arch}_patch14_reg4_dinov2.lvd142m", "cls", 224, _dim,
-                         _DINOV2.format(_s, "_reg4")))
+                         _DINOV2.format(_s, "_reg4") + f" or transformers' facebook/dinov2-with-registers-{_arch}",
+                         hf_repos=(f"facebook/dinov2-with-registers-{_arch}",)))
 for _p in (16, 32):
-    _off = f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript) or open_clip's openai weights"
-    SPECS.append(VitSpec(f"clip_vitb{_p}", f"vit_base_patch{_p}_clip_224.openai", "clip_proj", 224, 768, _off, "clip"))
+    _off = (f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript), open_clip's openai weights "
+            f"or transformers' openai/clip-vit-base-patch{_p}")
+    _hf = (f"openai/clip-vit-base-patch{_p}",)
+    SPECS.append(VitSpec(f"clip_vitb{_p}", f"vit_base_patch{_p}_clip_224.openai", "clip_proj", 224, 768, _off, "clip",
+                         hf_repos=_hf))
     SPECS.append(VitSpec(f"clip_vitb{_p}_preproj", f"vit_base_patch{_p}_clip_224.openai", "clip_preproj", 224, 768,
-                         _off, "clip"))
+                         _off, "clip", hf_repos=_hf))
 for _s, _arch, _dim in (("t", "tiny", 192), ("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
     SPECS.append(VitSpec(f"eva02_vit{_s}14", f"eva02_{_arch}_patch14_224.mim_in22k", "patch_mean", 224, _dim,
                          "a timm-layout state dict (the hub's model.safetensors) or the official EVA-02 MIM checkpoint",
@@ -79,12 +88,17 @@ def hub_id(spec: VitSpec) -> str | None:
     return f"timm/{spec.timm_name}" if spec.hub else None
 
 
+def hub_repos(spec: VitSpec) -> tuple[str, ...]:
+    """Every HF hub repository whose cached files are this backbone's default weights, in search order."""
+    return ((hub_id(spec),) if spec.hub else ()) + spec.hf_repos
+
+
 def vit_info(spec: VitSpec) -> BackboneInfo:
     # Declared here rather than read from timm so that importing lgm does not
     # import timm (seconds); the tests check these against timm's configs.
     mean, std = (CLIP_MEAN, CLIP_STD) if spec.stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
     if spec.hub:
-        weights = f"HF cache {hub_id(spec)} or --weights ({spec.official})"
+        weights = f"HF cache {' or '.join(hub_repos(spec))}, or --weights ({spec.official})"
     else:
         weights = f"--weights ({spec.official})"
     return BackboneInfo(
@@ -124,7 +138,11 @@ class TimmFeatures(nn.Module):
 
 def default_weights(spec: VitSpec) -> Path | None:
     """The weights the backbone loads when no --weights is given, if they are on disk."""
-    return find_in_hf_cache(hub_id(spec)) if spec.hub else None
+    for repo in hub_repos(spec):
+        found = find_in_hf_cache(repo)
+        if found is not None:
+            return found
+    return None
 
 
 def _create(spec: VitSpec, input_size: int) -> nn.Module:
@@ -191,8 +209,8 @@ def build_vit(spec: VitSpec, random_init: bool, weights: str | None, input_size:
     if weights is None:
         found = default_weights(spec)
         if found is None:
-            raise missing_hf_weights(spec.name, hub_id(spec),
-                                     f"a timm/HF safetensors file or {spec.official}")
+            raise missing_hf_weights(spec.name, hub_repos(spec),
+                                     f"a timm/HF safetensors file or save_pretrained directory, or {spec.official}")
         weights = str(found)
     raw = read_weights_file(weights, spec.name)
     net = create_for_loading(lambda: _create(spec, size))
