@@ -320,3 +320,65 @@ def test_transformers_repositories_in_the_hf_cache(tmp_path, caches, dinov2_s, c
     with torch.no_grad():
         torch.testing.assert_close(load_backbone("clip_vitb32", input_size=64).features(images(64)),
                                    features("clip_vitb32", tmp_path / "clip.safetensors"), rtol=1e-5, atol=1e-5)
+
+
+# ---- the torch.hub cache ----
+
+
+def test_official_files_in_the_torch_hub_cache(tmp_path, caches, monkeypatch, dinov2_s):
+    _, checkpoints = caches
+    save_safetensors(dinov2_s, tmp_path / "timm.safetensors")
+    ref = features("dinov2_vits14", tmp_path / "timm.safetensors")
+    checkpoints.mkdir(parents=True)
+    torch.save(timm_to_official_dinov2(dinov2_s), checkpoints / "dinov2_vits14_pretrain.pth")
+    assert weights_on_disk("dinov2_vits14") == checkpoints / "dinov2_vits14_pretrain.pth"
+    assert weights_on_disk("dinov2_vits14_reg") is None and weights_on_disk("dinov2_vitb14") is None
+    with torch.no_grad():
+        torch.testing.assert_close(load_backbone("dinov2_vits14", input_size=28).features(images(28)), ref,
+                                   rtol=1e-5, atol=1e-5)
+    # Without TORCH_HOME, torch.hub looks under XDG_CACHE_HOME/torch.
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert weights_on_disk("dinov2_vits14") is None
+    (tmp_path / "xdg" / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (checkpoints / "dinov2_vits14_pretrain.pth").rename(tmp_path / "xdg/torch/hub/checkpoints/dinov2_vits14_pretrain.pth")
+    assert weights_on_disk("dinov2_vits14") == tmp_path / "xdg/torch/hub/checkpoints/dinov2_vits14_pretrain.pth"
+    # DINO's releases are found the same way.
+    (tmp_path / "xdg/torch/hub/checkpoints/dino_vitbase8_pretrain.pth").write_bytes(b"")
+    assert weights_on_disk("dino_vitb8").name == "dino_vitbase8_pretrain.pth"
+    assert weights_on_disk("dino_vits8") is None
+
+
+def test_missing_weights_name_every_place_searched(caches):
+    hf_cache, checkpoints = caches
+    with pytest.raises(MissingResourceError) as e:
+        load_backbone("dinov2_vitb14_reg")
+    msg = str(e.value)
+    for part in ("timm/vit_base_patch14_reg4_dinov2.lvd142m",
+                 str(hf_cache / "models--timm--vit_base_patch14_reg4_dinov2.lvd142m"),
+                 "facebook/dinov2-with-registers-base", str(hf_cache / "models--facebook--dinov2-with-registers-base"),
+                 "dinov2_vitb14_reg4_pretrain.pth", f"torch.hub cache ({checkpoints})", "model.safetensors",
+                 "pytorch_model.bin", "--weights PATH", "--random-init"):
+        assert part in msg, part
+    with pytest.raises(MissingResourceError, match=r"openai/clip-vit-base-patch16 \(.*models--openai--clip-vit-base-"
+                                                   r"patch16\) in the local Hugging Face cache, and lgm never downloads"):
+        load_backbone("clip_vitb16")
+
+
+def test_lgm_backbones_sees_the_torch_hub_and_transformers_caches(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "dino_deitsmall16_pretrain.pth").write_bytes(b"")
+    put_in_hf_cache(tmp_path / "hub", "openai/clip-vit-base-patch32", {"model.safetensors": {"x": torch.zeros(1)}})
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    r = subprocess.run([sys.executable, "-m", "lgm", "backbones"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    on_disk = {line.split()[0]: line.split()[3] for line in r.stdout.splitlines()
+               if line.split() and line.split()[0] in ("dino_vits16", "dino_vitb16", "clip_vitb32", "clip_vitb16",
+                                                       "clip_vitb32_preproj", "dinov2_vits14")}
+    assert on_disk == {"dino_vits16": "yes", "dino_vitb16": "no", "clip_vitb32": "yes", "clip_vitb32_preproj": "yes",
+                       "clip_vitb16": "no", "dinov2_vits14": "no"}

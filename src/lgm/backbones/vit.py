@@ -6,7 +6,8 @@ size, hub repository) offline; its weight download is never used
 directory (--weights, any layout of :mod:`lgm.backbones.layouts`) or, by
 default, from what is already on disk: timm's hub repository or the
 transformers one (``facebook/dinov2-base``, ``openai/clip-vit-base-patch16``)
-in the HF cache.
+in the HF cache, or the official release file in torch.hub's checkpoint
+folder (where the authors' hubconf puts ``dinov2_vitb14_pretrain.pth``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lgm.backbones.layouts import grid_of, sincos_2d_pos_embed, to_timm_layout, 
 from lgm.backbones.weights import (
     create_for_loading,
     find_in_hf_cache,
+    find_in_torch_hub,
     fit_state_dict,
     missing_hf_weights,
     read_weights_file,
@@ -44,6 +46,7 @@ class VitSpec:
     sincos: bool = False  # MoCo v3: fixed 2-D sin-cos position embedding
     hub: bool = True  # timm has a hub repository for these weights
     hf_repos: tuple[str, ...] = ()  # transformers repositories of the same weights, searched after timm's
+    hub_files: tuple[str, ...] = ()  # official release files, looked for in torch.hub's checkpoint folder
 
 
 FEATURES = {
@@ -59,10 +62,11 @@ for _s, _arch, _dim in (("s", "small", 384), ("b", "base", 768), ("l", "large", 
     # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled.
     SPECS.append(VitSpec(f"dinov2_vit{_s}14", f"vit_{_arch}_patch14_dinov2.lvd142m", "cls", 224, _dim,
                          _DINOV2.format(_s, "") + f" or transformers' facebook/dinov2-{_arch}",
-                         hf_repos=(f"facebook/dinov2-{_arch}",)))
+                         hf_repos=(f"facebook/dinov2-{_arch}",), hub_files=(f"dinov2_vit{_s}14_pretrain.pth",)))
     SPECS.append(VitSpec(f"dinov2_vit{_s}14_reg", f"vit_{_arch}_patch14_reg4_dinov2.lvd142m", "cls", 224, _dim,
                          _DINOV2.format(_s, "_reg4") + f" or transformers' facebook/dinov2-with-registers-{_arch}",
-                         hf_repos=(f"facebook/dinov2-with-registers-{_arch}",)))
+                         hf_repos=(f"facebook/dinov2-with-registers-{_arch}",),
+                         hub_files=(f"dinov2_vit{_s}14_reg4_pretrain.pth",)))
 for _p in (16, 32):
     _off = (f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript), open_clip's openai weights "
             f"or transformers' openai/clip-vit-base-patch{_p}")
@@ -78,7 +82,8 @@ for _s, _arch, _dim in (("t", "tiny", 192), ("s", "small", 384), ("b", "base", 7
 for _s, _arch, _dim, _p, _off in (("s", "small", 384, 16, "deitsmall16"), ("b", "base", 768, 16, "vitbase16"),
                                   ("s", "small", 384, 8, "deitsmall8"), ("b", "base", 768, 8, "vitbase8")):
     SPECS.append(VitSpec(f"dino_vit{_s}{_p}", f"vit_{_arch}_patch{_p}_224.dino", "cls", 224, _dim,
-                         f"the official dino_{_off}_pretrain.pth or a full DINO checkpoint (teacher)"))
+                         f"the official dino_{_off}_pretrain.pth or a full DINO checkpoint (teacher)",
+                         hub_files=(f"dino_{_off}_pretrain.pth",)))
 SPECS.append(VitSpec("mocov3_vitb16", "vit_base_patch16_224", "cls", 224, 768,
                      "the official MoCo v3 checkpoint vit-b-300ep.pth.tar", sincos=True, hub=False))
 
@@ -97,10 +102,11 @@ def vit_info(spec: VitSpec) -> BackboneInfo:
     # Declared here rather than read from timm so that importing lgm does not
     # import timm (seconds); the tests check these against timm's configs.
     mean, std = (CLIP_MEAN, CLIP_STD) if spec.stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
-    if spec.hub:
-        weights = f"HF cache {' or '.join(hub_repos(spec))}, or --weights ({spec.official})"
-    else:
-        weights = f"--weights ({spec.official})"
+    places = [f"HF cache {' or '.join(hub_repos(spec))}"] if spec.hub else []
+    if spec.hub_files:
+        places.append(f"torch.hub cache {' or '.join(spec.hub_files)}")
+    places.append(f"--weights ({spec.official})")
+    weights = " or ".join(places) if len(places) < 3 else ", ".join(places[:-1]) + ", or " + places[-1]
     return BackboneInfo(
         name=spec.name,
         feature_dim=512 if spec.feature == "clip_proj" else spec.width,
@@ -142,7 +148,7 @@ def default_weights(spec: VitSpec) -> Path | None:
         found = find_in_hf_cache(repo)
         if found is not None:
             return found
-    return None
+    return find_in_torch_hub(spec.hub_files)
 
 
 def _create(spec: VitSpec, input_size: int) -> nn.Module:
@@ -210,7 +216,8 @@ def build_vit(spec: VitSpec, random_init: bool, weights: str | None, input_size:
         found = default_weights(spec)
         if found is None:
             raise missing_hf_weights(spec.name, hub_repos(spec),
-                                     f"a timm/HF safetensors file or save_pretrained directory, or {spec.official}")
+                                     f"a timm/HF safetensors file or save_pretrained directory, or {spec.official}",
+                                     spec.hub_files)
         weights = str(found)
     raw = read_weights_file(weights, spec.name)
     net = create_for_loading(lambda: _create(spec, size))
