@@ -382,3 +382,91 @@ def test_lgm_backbones_sees_the_torch_hub_and_transformers_caches(tmp_path):
                                                        "clip_vitb32_preproj", "dinov2_vits14")}
     assert on_disk == {"dino_vits16": "yes", "dino_vitb16": "no", "clip_vitb32": "yes", "clip_vitb32_preproj": "yes",
                        "clip_vitb16": "no", "dinov2_vits14": "no"}
+
+
+# ---- DINOv2's position embedding at 224 px ----
+
+
+def official_interpolate_pos_encoding(pos_embed: torch.Tensor, w: int, h: int, patch_size: int = 14,
+                                      interpolate_offset: float = 0.1, interpolate_antialias: bool = False):
+    """facebookresearch/dinov2's DinoVisionTransformer.interpolate_pos_encoding, for an input of w x h pixels
+    (``B, nc, w, h = x.shape`` there), with its embedding (class token first) as ``pos_embed``."""
+    import math
+
+    N = pos_embed.shape[1] - 1
+    w0, h0 = w // patch_size, h // patch_size
+    if w0 * h0 == N and w == h:
+        return pos_embed
+    pos_embed = pos_embed.float()
+    class_pos_embed, patch_pos_embed = pos_embed[:, 0], pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    M = int(math.sqrt(N))
+    assert N == M * M
+    if interpolate_offset:
+        kwargs = {"scale_factor": (float(w0 + interpolate_offset) / M, float(h0 + interpolate_offset) / M)}
+    else:
+        kwargs = {"size": (w0, h0)}
+    patch_pos_embed = torch.nn.functional.interpolate(
+        patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2), mode="bicubic",
+        antialias=interpolate_antialias, **kwargs)
+    assert (w0, h0) == patch_pos_embed.shape[-2:]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
+def release_pos_embed(dim: int, seed: int = 4) -> torch.Tensor:
+    """A 518-px (37 x 37) embedding with a class-token row: smooth waves plus noise, as learned ones look."""
+    g = torch.Generator().manual_seed(seed)
+    r, c = torch.meshgrid(torch.arange(37.0), torch.arange(37.0), indexing="ij")
+    freq = 0.05 + 0.4 * torch.rand(2, dim, generator=g)
+    phase = 6.28 * torch.rand(dim, generator=g)
+    waves = torch.sin(r.reshape(-1, 1) * freq[0] + c.reshape(-1, 1) * freq[1] + phase)
+    grid = waves + 0.1 * torch.randn(37 * 37, dim, generator=g)
+    return torch.cat([torch.randn(1, dim, generator=g), grid])[None]
+
+
+def test_dinov2_features_at_224_follow_the_official_interpolation(tmp_path, dinov2_s):
+    from timm.layers import resample_abs_pos_embed
+
+    official = timm_to_official_dinov2(dinov2_s)
+    official["pos_embed"] = release_pos_embed(384)
+    torch.save(official, tmp_path / "dinov2_vits14_pretrain.pth")
+    bb = load_backbone("dinov2_vits14", weights=str(tmp_path / "dinov2_vits14_pretrain.pth"))
+    assert bb.info.input_size == 224 and "official DINOv2 pos-embed interpolation" in bb.info.source
+    expected = official_interpolate_pos_encoding(official["pos_embed"], 224, 224)
+    assert expected.shape == (1, 257, 384)
+    torch.testing.assert_close(bb.model.net.pos_embed.detach(), expected, rtol=1e-6, atol=1e-6)
+
+    # The features, against a model given the officially interpolated embedding at its own grid.
+    at_224 = {**dinov2_s, "pos_embed": expected}
+    save_safetensors(at_224, tmp_path / "timm_224.safetensors")
+    x = images(224, n=2)
+    with torch.no_grad():
+        ref = load_backbone("dinov2_vits14", weights=str(tmp_path / "timm_224.safetensors")).features(x)
+        torch.testing.assert_close(bb.features(x), ref, rtol=1e-5, atol=1e-5)
+
+    # timm's resampling (bicubic to 16 x 16 with antialias), what lgm used before, is another grid.
+    timm_grid = resample_abs_pos_embed(official["pos_embed"], new_size=[16, 16], old_size=[37, 37],
+                                       num_prefix_tokens=1, interpolation="bicubic", antialias=True)
+    rel = (timm_grid - expected)[:, 1:].norm() / expected[:, 1:].norm()
+    assert rel > 0.02, rel.item()
+    save_safetensors({**dinov2_s, "pos_embed": timm_grid}, tmp_path / "timm_resampled.safetensors")
+    with torch.no_grad():
+        other = load_backbone("dinov2_vits14", weights=str(tmp_path / "timm_resampled.safetensors")).features(x)
+    assert not torch.allclose(other, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_dinov2_register_models_follow_their_own_official_interpolation(tmp_path):
+    # The register models' hub entries interpolate to an output size, with antialias.
+    state = random_state("dinov2_vits14_reg", seed=3)
+    official = timm_to_official_dinov2(state)
+    official["pos_embed"] = release_pos_embed(384, seed=6)
+    torch.save(official, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    bb = load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
+    assert "antialias" in bb.info.source and "no antialias" not in bb.info.source
+    expected = official_interpolate_pos_encoding(official["pos_embed"], 224, 224, interpolate_offset=0.0,
+                                                 interpolate_antialias=True)
+    # timm's register models carry the class token's embedding in the token itself.
+    torch.testing.assert_close(bb.model.net.pos_embed.detach(), expected[:, 1:], rtol=1e-6, atol=1e-6)
+    plain = official_interpolate_pos_encoding(official["pos_embed"], 224, 224)
+    assert not torch.allclose(bb.model.net.pos_embed.detach(), plain[:, 1:], rtol=1e-3, atol=1e-3)

@@ -271,6 +271,41 @@ def sincos_2d_pos_embed(grid: tuple[int, int], dim: int, temperature: float = 10
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), pe]).unsqueeze(0).float()
 
 
+def dinov2_pos_embed(pos: Tensor, grid: tuple[int, int], num_prefix: int, offset: float, antialias: bool) -> Tensor:
+    """DINOv2's position embedding for a ``grid`` of patches, as the official model computes it at run time.
+
+    facebookresearch/dinov2 (``DinoVisionTransformer.interpolate_pos_encoding``)
+    resamples its 37 x 37 grid on every forward pass: bicubic, with
+    ``interpolate_antialias`` and, when ``interpolate_offset`` is set, a scale
+    factor (n + offset) / 37 instead of an output size (a historical work-around
+    the released models keep; it moves the sampling points by a fraction of a
+    cell). Its hub models use offset 0.1 without antialias, the register models
+    offset 0 with antialias. The input size of a built backbone is fixed, so
+    computing this once gives the same numbers. The first ``num_prefix`` tokens
+    (class token) are kept as they are; ``grid`` is (rows, columns).
+    """
+    prefix, patches = pos[:, :num_prefix], pos[:, num_prefix:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} position tokens do not form a square grid")
+    rows, cols = grid
+    if patches.shape[1] == rows * cols and rows == cols:
+        return pos  # the official model uses its embedding as it is
+    dim = patches.shape[-1]
+    if offset:
+        size_or_scale: dict = {"scale_factor": ((rows + offset) / side, (cols + offset) / side)}
+    else:
+        size_or_scale = {"size": (rows, cols)}
+    out = torch.nn.functional.interpolate(
+        patches.float().reshape(1, side, side, dim).permute(0, 3, 1, 2), mode="bicubic", antialias=antialias,
+        **size_or_scale,
+    )
+    if tuple(out.shape[-2:]) != (rows, cols):
+        raise ValueError(f"the interpolated position embedding has a {tuple(out.shape[-2:])} grid, not {grid}")
+    out = out.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+    return torch.cat([prefix.float(), out], dim=1).to(pos.dtype)
+
+
 def grid_of(tokens: int) -> tuple[int, int]:
     side = math.isqrt(tokens)
     if side * side != tokens:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lgm.backbones.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, BackboneInfo
-from lgm.backbones.layouts import grid_of, sincos_2d_pos_embed, to_timm_layout, unwrap
+from lgm.backbones.layouts import dinov2_pos_embed, grid_of, sincos_2d_pos_embed, to_timm_layout, unwrap
 from lgm.backbones.weights import (
     create_for_loading,
     find_in_hf_cache,
@@ -47,6 +47,9 @@ class VitSpec:
     hub: bool = True  # timm has a hub repository for these weights
     hf_repos: tuple[str, ...] = ()  # transformers repositories of the same weights, searched after timm's
     hub_files: tuple[str, ...] = ()  # official release files, looked for in torch.hub's checkpoint folder
+    # (interpolate_offset, interpolate_antialias) of the official model, whose run-time resampling of the
+    # position embedding lgm reproduces at load; None: timm's resampling (bicubic, antialias).
+    official_pos_interp: tuple[float, bool] | None = None
 
 
 FEATURES = {
@@ -57,16 +60,21 @@ FEATURES = {
 }
 
 _DINOV2 = "the official dinov2_vit{}14{}_pretrain.pth"
+# facebookresearch/dinov2, dinov2/hub/backbones.py: the defaults of the plain models, and the register models'.
+_DINOV2_INTERP = (0.1, False)
+_DINOV2_REG_INTERP = (0.0, True)
 SPECS: list[VitSpec] = []
 for _s, _arch, _dim in (("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
-    # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled.
+    # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled as the
+    # official model does it.
     SPECS.append(VitSpec(f"dinov2_vit{_s}14", f"vit_{_arch}_patch14_dinov2.lvd142m", "cls", 224, _dim,
                          _DINOV2.format(_s, "") + f" or transformers' facebook/dinov2-{_arch}",
-                         hf_repos=(f"facebook/dinov2-{_arch}",), hub_files=(f"dinov2_vit{_s}14_pretrain.pth",)))
+                         hf_repos=(f"facebook/dinov2-{_arch}",), hub_files=(f"dinov2_vit{_s}14_pretrain.pth",),
+                         official_pos_interp=_DINOV2_INTERP))
     SPECS.append(VitSpec(f"dinov2_vit{_s}14_reg", f"vit_{_arch}_patch14_reg4_dinov2.lvd142m", "cls", 224, _dim,
                          _DINOV2.format(_s, "_reg4") + f" or transformers' facebook/dinov2-with-registers-{_arch}",
                          hf_repos=(f"facebook/dinov2-with-registers-{_arch}",),
-                         hub_files=(f"dinov2_vit{_s}14_reg4_pretrain.pth",)))
+                         hub_files=(f"dinov2_vit{_s}14_reg4_pretrain.pth",), official_pos_interp=_DINOV2_REG_INTERP))
 for _p in (16, 32):
     _off = (f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript), open_clip's openai weights "
             f"or transformers' openai/clip-vit-base-patch{_p}")
@@ -98,6 +106,13 @@ def hub_repos(spec: VitSpec) -> tuple[str, ...]:
     return ((hub_id(spec),) if spec.hub else ()) + spec.hf_repos
 
 
+def _pos_interp_words(interp: tuple[float, bool]) -> str:
+    offset, antialias = interp
+    how = f"scale factor (n + {offset:g}) / m for an m x m file grid" if offset else "to the n x n grid"
+    return (f"official DINOv2 pos-embed interpolation (bicubic, {how}, "
+            f"{'antialias' if antialias else 'no antialias'})")
+
+
 def vit_info(spec: VitSpec) -> BackboneInfo:
     # Declared here rather than read from timm so that importing lgm does not
     # import timm (seconds); the tests check these against timm's configs.
@@ -115,7 +130,8 @@ def vit_info(spec: VitSpec) -> BackboneInfo:
         input_size=spec.input_size,
         weights=weights,
         feature=FEATURES[spec.feature],
-        source=f"timm {spec.timm_name}" + (" + fixed 2-D sin-cos pos-embed" if spec.sincos else ""),
+        source=f"timm {spec.timm_name}" + (" + fixed 2-D sin-cos pos-embed" if spec.sincos else "")
+        + (f" + {_pos_interp_words(spec.official_pos_interp)}" if spec.official_pos_interp else ""),
         normalization=CLIP_NORM if spec.stats == "clip" else IMAGENET_NORM,
     )
 
@@ -188,12 +204,16 @@ def _adapt_pos_embed(state: dict, net: nn.Module, spec: VitSpec) -> None:
         # A fixed embedding is recomputed for the new grid rather than interpolated.
         state["pos_embed"] = sincos_2d_pos_embed(net.patch_embed.grid_size, net.embed_dim)
         return
-    from timm.layers import resample_abs_pos_embed
-
     try:
         old_grid = grid_of(have.shape[1] - prefix)
     except ValueError:
         return
+    if spec.official_pos_interp is not None:
+        offset, antialias = spec.official_pos_interp
+        state["pos_embed"] = dinov2_pos_embed(have, tuple(net.patch_embed.grid_size), prefix, offset, antialias)
+        return
+    from timm.layers import resample_abs_pos_embed
+
     state["pos_embed"] = resample_abs_pos_embed(
         have.float(), new_size=list(net.patch_embed.grid_size), old_size=list(old_grid),
         num_prefix_tokens=prefix, interpolation="bicubic", antialias=True,
