@@ -176,8 +176,10 @@ def missing_hf_weights(what: str, repo_id: str | Sequence[str] | None, file_hint
     which files --weights accepts for this backbone.
     """
     repos = [repo_id] if isinstance(repo_id, str) else list(repo_id or ())
-    places = [f"{' or '.join(HF_WEIGHT_FILES)} of the hub repositor{'y' if len(repos) == 1 else 'ies'} "
-              + ", ".join(f"{r} ({hf_cache_entry(r)})" for r in repos) + " in the local Hugging Face cache"] if repos else []
+    places = []
+    if repos:
+        places.append(f"{' or '.join(HF_WEIGHT_FILES)} of the hub repositor{'y' if len(repos) == 1 else 'ies'} "
+                      + ", ".join(f"{r} ({hf_cache_entry(r)})" for r in repos) + " in the local Hugging Face cache")
     if hub_files:
         places.append(f"{' or '.join(hub_files)} in the torch.hub cache ({torch_hub_checkpoints()})")
     if places:
