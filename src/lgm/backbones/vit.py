@@ -2,8 +2,12 @@
 
 timm knows every architecture and its pretrained config (mean, std, input
 size, hub repository) offline; its weight download is never used
-(``pretrained=False``). Weights come from a file (--weights, any official
-layout of :mod:`lgm.backbones.layouts`) or from an HF hub cache already on disk.
+(``pretrained=False``). Weights come from a file or ``save_pretrained``
+directory (--weights, any layout of :mod:`lgm.backbones.layouts`) or, by
+default, from what is already on disk: timm's hub repository or the
+transformers one (``facebook/dinov2-base``, ``openai/clip-vit-base-patch16``)
+in the HF cache, or the official release file in torch.hub's checkpoint
+folder (where the authors' hubconf puts ``dinov2_vitb14_pretrain.pth``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import torch
 from torch import nn
 
 from lgm.backbones.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, BackboneInfo
-from lgm.backbones.layouts import grid_of, sincos_2d_pos_embed, to_timm_layout, unwrap
+from lgm.backbones.layouts import dinov2_pos_embed, grid_of, sincos_2d_pos_embed, to_timm_layout, unwrap
 from lgm.backbones.weights import (
     create_for_loading,
     find_in_hf_cache,
+    find_in_torch_hub,
     fit_state_dict,
     missing_hf_weights,
     read_weights_file,
@@ -40,6 +45,11 @@ class VitSpec:
     stats: str = "imagenet"  # native normalization: "imagenet" | "clip" (OpenAI CLIP statistics)
     sincos: bool = False  # MoCo v3: fixed 2-D sin-cos position embedding
     hub: bool = True  # timm has a hub repository for these weights
+    hf_repos: tuple[str, ...] = ()  # transformers repositories of the same weights, searched after timm's
+    hub_files: tuple[str, ...] = ()  # official release files, looked for in torch.hub's checkpoint folder
+    # (interpolate_offset, interpolate_antialias) of the official model, whose run-time resampling of the
+    # position embedding lgm reproduces at load; None: timm's resampling (bicubic, antialias).
+    official_pos_interp: tuple[float, bool] | None = None
 
 
 FEATURES = {
@@ -50,18 +60,29 @@ FEATURES = {
 }
 
 _DINOV2 = "the official dinov2_vit{}14{}_pretrain.pth"
+# facebookresearch/dinov2, dinov2/hub/backbones.py: the defaults of the plain models, and the register models'.
+_DINOV2_INTERP = (0.1, False)
+_DINOV2_REG_INTERP = (0.0, True)
 SPECS: list[VitSpec] = []
 for _s, _arch, _dim in (("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
-    # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled.
+    # The paper runs every backbone at 224 px; DINOv2's position embedding (518 px) is resampled as the
+    # official model does it.
     SPECS.append(VitSpec(f"dinov2_vit{_s}14", f"vit_{_arch}_patch14_dinov2.lvd142m", "cls", 224, _dim,
-                         _DINOV2.format(_s, "")))
+                         _DINOV2.format(_s, "") + f" or transformers' facebook/dinov2-{_arch}",
+                         hf_repos=(f"facebook/dinov2-{_arch}",), hub_files=(f"dinov2_vit{_s}14_pretrain.pth",),
+                         official_pos_interp=_DINOV2_INTERP))
     SPECS.append(VitSpec(f"dinov2_vit{_s}14_reg", f"vit_{_arch}_patch14_reg4_dinov2.lvd142m", "cls", 224, _dim,
-                         _DINOV2.format(_s, "_reg4")))
+                         _DINOV2.format(_s, "_reg4") + f" or transformers' facebook/dinov2-with-registers-{_arch}",
+                         hf_repos=(f"facebook/dinov2-with-registers-{_arch}",),
+                         hub_files=(f"dinov2_vit{_s}14_reg4_pretrain.pth",), official_pos_interp=_DINOV2_REG_INTERP))
 for _p in (16, 32):
-    _off = f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript) or open_clip's openai weights"
-    SPECS.append(VitSpec(f"clip_vitb{_p}", f"vit_base_patch{_p}_clip_224.openai", "clip_proj", 224, 768, _off, "clip"))
+    _off = (f"a state dict of OpenAI's ViT-B-{_p}.pt (converted from TorchScript), open_clip's openai weights "
+            f"or transformers' openai/clip-vit-base-patch{_p}")
+    _hf = (f"openai/clip-vit-base-patch{_p}",)
+    SPECS.append(VitSpec(f"clip_vitb{_p}", f"vit_base_patch{_p}_clip_224.openai", "clip_proj", 224, 768, _off, "clip",
+                         hf_repos=_hf))
     SPECS.append(VitSpec(f"clip_vitb{_p}_preproj", f"vit_base_patch{_p}_clip_224.openai", "clip_preproj", 224, 768,
-                         _off, "clip"))
+                         _off, "clip", hf_repos=_hf))
 for _s, _arch, _dim in (("t", "tiny", 192), ("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)):
     SPECS.append(VitSpec(f"eva02_vit{_s}14", f"eva02_{_arch}_patch14_224.mim_in22k", "patch_mean", 224, _dim,
                          "a timm-layout state dict (the hub's model.safetensors) or the official EVA-02 MIM checkpoint",
@@ -69,7 +90,8 @@ for _s, _arch, _dim in (("t", "tiny", 192), ("s", "small", 384), ("b", "base", 7
 for _s, _arch, _dim, _p, _off in (("s", "small", 384, 16, "deitsmall16"), ("b", "base", 768, 16, "vitbase16"),
                                   ("s", "small", 384, 8, "deitsmall8"), ("b", "base", 768, 8, "vitbase8")):
     SPECS.append(VitSpec(f"dino_vit{_s}{_p}", f"vit_{_arch}_patch{_p}_224.dino", "cls", 224, _dim,
-                         f"the official dino_{_off}_pretrain.pth or a full DINO checkpoint (teacher)"))
+                         f"the official dino_{_off}_pretrain.pth or a full DINO checkpoint (teacher)",
+                         hub_files=(f"dino_{_off}_pretrain.pth",)))
 SPECS.append(VitSpec("mocov3_vitb16", "vit_base_patch16_224", "cls", 224, 768,
                      "the official MoCo v3 checkpoint vit-b-300ep.pth.tar", sincos=True, hub=False))
 
@@ -79,14 +101,27 @@ def hub_id(spec: VitSpec) -> str | None:
     return f"timm/{spec.timm_name}" if spec.hub else None
 
 
+def hub_repos(spec: VitSpec) -> tuple[str, ...]:
+    """Every HF hub repository whose cached files are this backbone's default weights, in search order."""
+    return ((hub_id(spec),) if spec.hub else ()) + spec.hf_repos
+
+
+def _pos_interp_words(interp: tuple[float, bool]) -> str:
+    offset, antialias = interp
+    how = f"scale factor (n + {offset:g}) / m for an m x m file grid" if offset else "to the n x n grid"
+    return (f"official DINOv2 pos-embed interpolation (bicubic, {how}, "
+            f"{'antialias' if antialias else 'no antialias'})")
+
+
 def vit_info(spec: VitSpec) -> BackboneInfo:
     # Declared here rather than read from timm so that importing lgm does not
     # import timm (seconds); the tests check these against timm's configs.
     mean, std = (CLIP_MEAN, CLIP_STD) if spec.stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
-    if spec.hub:
-        weights = f"HF cache {hub_id(spec)} or --weights ({spec.official})"
-    else:
-        weights = f"--weights ({spec.official})"
+    places = [f"HF cache {' or '.join(hub_repos(spec))}"] if spec.hub else []
+    if spec.hub_files:
+        places.append(f"torch.hub cache {' or '.join(spec.hub_files)}")
+    places.append(f"--weights ({spec.official})")
+    weights = " or ".join(places) if len(places) < 3 else ", ".join(places[:-1]) + ", or " + places[-1]
     return BackboneInfo(
         name=spec.name,
         feature_dim=512 if spec.feature == "clip_proj" else spec.width,
@@ -95,7 +130,8 @@ def vit_info(spec: VitSpec) -> BackboneInfo:
         input_size=spec.input_size,
         weights=weights,
         feature=FEATURES[spec.feature],
-        source=f"timm {spec.timm_name}" + (" + fixed 2-D sin-cos pos-embed" if spec.sincos else ""),
+        source=f"timm {spec.timm_name}" + (" + fixed 2-D sin-cos pos-embed" if spec.sincos else "")
+        + (f" + {_pos_interp_words(spec.official_pos_interp)}" if spec.official_pos_interp else ""),
         normalization=CLIP_NORM if spec.stats == "clip" else IMAGENET_NORM,
     )
 
@@ -124,7 +160,11 @@ class TimmFeatures(nn.Module):
 
 def default_weights(spec: VitSpec) -> Path | None:
     """The weights the backbone loads when no --weights is given, if they are on disk."""
-    return find_in_hf_cache(hub_id(spec)) if spec.hub else None
+    for repo in hub_repos(spec):
+        found = find_in_hf_cache(repo)
+        if found is not None:
+            return found
+    return find_in_torch_hub(spec.hub_files)
 
 
 def _create(spec: VitSpec, input_size: int) -> nn.Module:
@@ -164,12 +204,16 @@ def _adapt_pos_embed(state: dict, net: nn.Module, spec: VitSpec) -> None:
         # A fixed embedding is recomputed for the new grid rather than interpolated.
         state["pos_embed"] = sincos_2d_pos_embed(net.patch_embed.grid_size, net.embed_dim)
         return
-    from timm.layers import resample_abs_pos_embed
-
     try:
         old_grid = grid_of(have.shape[1] - prefix)
     except ValueError:
         return
+    if spec.official_pos_interp is not None:
+        offset, antialias = spec.official_pos_interp
+        state["pos_embed"] = dinov2_pos_embed(have, tuple(net.patch_embed.grid_size), prefix, offset, antialias)
+        return
+    from timm.layers import resample_abs_pos_embed
+
     state["pos_embed"] = resample_abs_pos_embed(
         have.float(), new_size=list(net.patch_embed.grid_size), old_size=list(old_grid),
         num_prefix_tokens=prefix, interpolation="bicubic", antialias=True,
@@ -191,8 +235,9 @@ def build_vit(spec: VitSpec, random_init: bool, weights: str | None, input_size:
     if weights is None:
         found = default_weights(spec)
         if found is None:
-            raise missing_hf_weights(spec.name, hub_id(spec),
-                                     f"a timm/HF safetensors file or {spec.official}")
+            raise missing_hf_weights(spec.name, hub_repos(spec),
+                                     f"a timm/HF safetensors file or save_pretrained directory, or {spec.official}",
+                                     spec.hub_files)
         weights = str(found)
     raw = read_weights_file(weights, spec.name)
     net = create_for_loading(lambda: _create(spec, size))

@@ -1,15 +1,17 @@
-"""Weight files on disk: reading them safely, finding them in the HF cache, fitting them to a model.
+"""Weight files on disk: reading them safely, finding them in the HF and torch.hub caches, fitting them to a model.
 
-Nothing here touches the network: weights come from a file the user names or
-from a Hugging Face hub cache that is already on disk.
+Nothing here touches the network: weights come from a file (or a
+``save_pretrained`` directory) the user names, or from a Hugging Face hub cache
+or torch.hub checkpoint folder that is already on disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,16 +43,60 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
+# A save_pretrained directory too large for one file holds an index naming the shard of every tensor.
+HF_INDEX_FILES = tuple(f"{name}.index.json" for name in HF_WEIGHT_FILES)
+
+
+def weights_in_directory(path: Path, what: str) -> list[Path]:
+    """The weight files of a Hugging Face ``save_pretrained`` directory (one file, or the shards of an index)."""
+    for name in HF_WEIGHT_FILES:
+        if (path / name).is_file():
+            return [path / name]
+    for name in HF_INDEX_FILES:
+        index = path / name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise LgmError(f"{index} is not a Hugging Face weight index (a JSON object with a "
+                               f"'weight_map'): {e}") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise MissingResourceError(f"{what} weights: {index} names shards that are not in {path}: "
+                                           + ", ".join(missing))
+            return [path / s for s in shards]
+    others = sorted(p.name for p in path.iterdir() if p.is_file())
+    raise MissingResourceError(
+        f"{what} weights: the directory {path} holds none of {', '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)} "
+        f"(it holds: {', '.join(others) or 'nothing'}). Give the weight file itself with --weights, or a "
+        "directory written by save_pretrained (TensorFlow and Flax weights are not read)."
+    )
+
+
 def read_weights_file(path: str | Path, what: str) -> dict:
     """The object stored in a safetensors file or a weights-only torch checkpoint.
 
-    ``what`` names the backbone, for error messages. Pickled Python objects are
+    ``path`` may also be a Hugging Face ``save_pretrained`` directory (its
+    ``model.safetensors`` or ``pytorch_model.bin``, sharded or not). ``what``
+    names the backbone, for error messages. Pickled Python objects are
     refused (``torch.load(weights_only=True)``); TorchScript archives are
     refused with the one-line conversion that turns them into a state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        files = weights_in_directory(path, what)
+        if len(files) == 1:
+            return _read_one(files[0], what)
+        state: dict = {}
+        for f in files:
+            state.update(_read_one(f, what))
+        return state
     if not path.is_file():
-        raise MissingResourceError(f"{what} weights not found at {path} (no such file)")
+        raise MissingResourceError(f"{what} weights not found at {path} (no such file or directory)")
+    return _read_one(path, what)
+
+
+def _read_one(path: Path, what: str) -> dict:
     if _is_safetensors(path):
         from safetensors.torch import load_file
 
@@ -111,14 +157,40 @@ def find_in_hf_cache(repo_id: str, filenames: tuple[str, ...] = HF_WEIGHT_FILES)
     return None
 
 
-def missing_hf_weights(what: str, repo_id: str | None, file_hint: str) -> MissingResourceError:
-    """The error for a backbone whose default weights are not on disk.
+def torch_hub_checkpoints() -> Path:
+    """Where torch.hub keeps downloaded checkpoints (torch.hub.get_dir(): TORCH_HOME, else
+    XDG_CACHE_HOME/torch, else ~/.cache/torch; then hub/checkpoints), read at call time."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
-    ``file_hint`` says which files --weights accepts for this backbone.
+
+def find_in_torch_hub(filenames: Sequence[str]) -> Path | None:
+    """The first of ``filenames`` in torch.hub's checkpoint folder (where the authors' hubconf puts
+    the official releases), or None."""
+    folder = torch_hub_checkpoints()
+    for name in filenames:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def missing_hf_weights(what: str, repo_id: str | Sequence[str] | None, file_hint: str,
+                       hub_files: Sequence[str] = ()) -> MissingResourceError:
+    """The error for a backbone whose default weights are not on disk, naming every place searched.
+
+    ``repo_id`` is the hub repository (or repositories, in the order searched)
+    looked up in the local Hugging Face cache, ``hub_files`` the official file
+    names looked for in torch.hub's checkpoint folder, and ``file_hint`` says
+    which files --weights accepts for this backbone.
     """
-    if repo_id:
-        where = (f"no weights for {what}: expected {' or '.join(HF_WEIGHT_FILES)} of the hub repository "
-                 f"{repo_id} in the local Hugging Face cache ({hf_cache_entry(repo_id)}), and lgm never downloads.")
+    repos = [repo_id] if isinstance(repo_id, str) else list(repo_id or ())
+    places = []
+    if repos:
+        places.append(f"{' or '.join(HF_WEIGHT_FILES)} of the hub repositor{'y' if len(repos) == 1 else 'ies'} "
+                      + ", ".join(f"{r} ({hf_cache_entry(r)})" for r in repos) + " in the local Hugging Face cache")
+    if hub_files:
+        places.append(f"{' or '.join(hub_files)} in the torch.hub cache ({torch_hub_checkpoints()})")
+    if places:
+        where = f"no weights for {what}: looked for {'; and for '.join(places)}, and lgm never downloads."
     else:
         where = f"no weights for {what}: it has no hub repository, so the weights must come from a file."
     return MissingResourceError(
