@@ -51,3 +51,19 @@ def test_help_lists_the_flags():
                  "--seed", "--device", "--out", "--head-init", "--no-clamp-crop", "--noise-mean",
                  "--no-reset-adam-on-growth"):
         assert flag in r.stdout, flag
+
+
+def test_help_and_version_do_not_import_torch():
+    # Parsing comes before any torch import, so --help answers at once on a small machine.
+    probe = ("import sys\nfrom lgm.cli import main\nfor argv in {argv!r}:\n    try:\n        main(argv)\n"
+             "    except SystemExit:\n        pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    commands = [["--help"], ["--version"]] + [[c, "--help"] for c in
+                                              ("distill", "eval", "baselines", "crossmodel", "align", "pca",
+                                               "neighbors", "report", "cache-features", "demo", "datasets")]
+    r = subprocess.run([sys.executable, "-c", probe.format(argv=commands)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert "--weights" in r.stdout and "--normalization" in r.stdout  # the shared backbone flags are listed
+    v = lgm("--version")
+    assert v.returncode == 0 and v.stdout.startswith("lgm ")

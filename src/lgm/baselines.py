@@ -9,53 +9,24 @@ reference is a small JSON artifact: its "images" are the whole training pool.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from lgm import selection
 from lgm.artifacts import DistilledSet, atomic_write_json
-from lgm.backbone_spec import BackboneFlags, recorded_specs, weights_record
+from lgm.backbone_spec import recorded_specs, weights_record
 from lgm.data import ImageDataset, check_split
 from lgm.deprecation import moved_names
 from lgm.errors import LgmError, UsageError
 from lgm.evaluate import stored_split_features, validation_split
 from lgm.feature_store import FeatureStore
 from lgm.version import __version__
+from lgm.command_configs import BaselineConfig  # noqa: F401  (re-exported)
 
 # Pure selection functions moved to lgm.selection (below every layer: distillation's --init real uses one).
 __getattr__ = moved_names(__name__, {name: selection for name in ("random_indices", "centroid_indices",
                                                                   "neighbor_indices")})
-
-
-@dataclass(frozen=True)
-class BaselineConfig(BackboneFlags):
-    """Real-image baselines for a dataset and backbone (artifacts for `lgm eval`)."""
-
-    dataset: str
-    backbone: str
-    ipc: int = 1
-    """Images per class."""
-    out: str = "runs/baselines"
-    """Directory receiving one artifact per baseline."""
-    random_seeds: int = 10
-    """Random selections (one artifact per seed)."""
-    distilled: str | None = None
-    """A distilled artifact: adds the neighbors baseline (its images' nearest real images)."""
-    res: int = 0
-    """Resolution of the stored images and of the selection features (0 = the distilled artifact's, else 256)."""
-    crop: int = 0
-    """Center crop of the selection features (0 = the distilled artifact's, else 224)."""
-    val_per_class: int = 100
-    """Validation images per class held out (never selected), as in `lgm eval`."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    cache: bool = True
-    on_bad_image: Literal["fail", "skip"] = "fail"
-    """Unreadable/corrupt image files: stop naming them, or skip them with a warning."""
 
 
 def _log(msg: str) -> None:

@@ -9,16 +9,11 @@ from typing import Annotated, Literal
 import tyro
 
 from lgm.analysis.ablate import AblateConfig
-from lgm.analysis.alignment import AlignConfig
-from lgm.analysis.neighbors import NeighborsConfig
-from lgm.analysis.pca import PcaConfig
 from lgm.analysis.report import ReportConfig
 from lgm.analysis.transfer import AlignmentVsTransferCommand
-from lgm.baselines import BaselineConfig
+from lgm.command_configs import (AlignConfig, BaselineConfig, CacheFeaturesConfig, DemoConfig, EvalConfig,
+                                 NeighborsConfig, PcaConfig)
 from lgm.config import DistillConfig
-from lgm.demo import DemoConfig
-from lgm.evaluate import EvalConfig
-from lgm.real_cache import CacheFeaturesConfig
 from lgm.errors import LgmError, UsageError
 
 
@@ -260,6 +255,11 @@ def merge_repeated_flag(argv: list[str], flag: str = "--backbone") -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = merge_repeated_flag(list(sys.argv[1:] if argv is None else argv))
+    if argv[:1] in (["--version"], ["-V"]):
+        from lgm.version import __version__
+
+        print(f"lgm {__version__}")
+        return 0
     cmd = tyro.extras.subcommand_cli_from_dict(
         {
             "distill": DistillCommand,
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             "datasets": ListDatasets,
         },
         prog="lgm",
-        description="Linear Gradient Matching: distill image datasets for linear probes on frozen backbones.",
+        description="Linear Gradient Matching: distill image datasets for linear probes on frozen backbones. "
+                    "lgm --version prints the version; exit status 1 for runtime errors, 2 for usage errors.",
         args=argv,
     )
     try:

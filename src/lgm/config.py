@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lgm.errors import LgmError, UsageError
-from lgm.synthetic.pyramid import default_grow_every, num_levels_for
+from lgm.pyramid_schedule import default_grow_every, num_levels_for
 
 # Keys that say how a run is executed, not what it computes: they may change
 # between a run and its resumption and are left out of the config hash.

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
 
 import torch
@@ -25,57 +23,7 @@ from lgm.evaluate import FULL_PROBE, EvalContext, stored_split_features, summary
 from lgm.feature_store import FeatureStore
 from lgm.probe import ProbeConfig, center_features, topk, train_probes
 from lgm.selection import centroid_indices, neighbor_indices, random_indices
-
-DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=750, augs=4,
-                    lr=1e-2, init="real", res=128, crop=128, real_aug="none", real_features="cached", real_gradient="full",
-                    cache_per_class=1000, cache_views=1)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """The offline default: EfficientNet-Lite0 on Fashion-MNIST, 1 image per class, ~9 min of distillation on 2 cores."""
-
-    out: str = "runs/demo"
-    """Directory of the demo (the distillation run lives in OUT/distill)."""
-    steps: int = DEMO_DISTILL["steps"]
-    """Distillation steps."""
-    augs: int = DEMO_DISTILL["augs"]
-    """Augmented views of the synthetic set per step."""
-    lr: float = DEMO_DISTILL["lr"]
-    """Adam learning rate of the distillation."""
-    init: Literal["noise", "real"] = DEMO_DISTILL["init"]
-    """Start from one seeded random training image per class (real: about 2.5 points better here) or from noise (paper)."""
-    res: int = DEMO_DISTILL["res"]
-    """Synthetic resolution (Fashion-MNIST's 28 px images are upsampled to it; 128 px: about 5 points above 64 px)."""
-    crop: int = DEMO_DISTILL["crop"]
-    """Crop fed to the backbone (training views and test center crop)."""
-    real_aug: Literal["same", "none"] = DEMO_DISTILL["real_aug"]
-    """Real images seen whole at --crop (none: the probe's test view, about 2 points better here) or augmented
-    like the synthetic views (same: the paper)."""
-    real_gradient: Literal["batch", "full"] = DEMO_DISTILL["real_gradient"]
-    """full: the exact gradient over the whole feature cache each step; batch: a sampled --real-batch."""
-    real_batch: int = 0
-    """Cached real views per step with --real-gradient batch (0 = ipc*augs*classes)."""
-    cache_per_class: int = DEMO_DISTILL["cache_per_class"]
-    """Training images per class in the real-feature cache."""
-    cache_views: int = DEMO_DISTILL["cache_views"]
-    """Views per cached training image (1 is enough with --real-aug none: the views are identical and copied)."""
-    seed: int = 0
-    """Seed of the distillation."""
-    repeats: int = 5
-    """Probe repeats for the distilled set (probe seeds) and for random real selections (selection seeds)."""
-    val_per_class: int = 100
-    """Training images per class held out for the probes' early stopping (never the test split)."""
-    probe_views: int = 100
-    """Augmented views per image when probing a 1-image-per-class set."""
-    full_train: int = 0
-    """Training images for the full-dataset reference probe (0 = all)."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    data_root: str | None = None
-    """Directory holding fashion-mnist/ (default: $LGM_DATA_ROOT, then the Debian package's location)."""
-    progress: bool = True
-    """Show progress bars."""
+from lgm.command_configs import DEMO_DISTILL, DemoConfig  # noqa: F401  (re-exported)
 
 
 def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backbone, cfg: DemoConfig,

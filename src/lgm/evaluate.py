@@ -13,18 +13,18 @@ import hashlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from lgm.artifacts import DistilledSet
-from lgm.backbone_spec import BackboneFlags, recorded_specs
+from lgm.backbone_spec import recorded_specs
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, check_split, stratified_indices
 from lgm.errors import LgmError, UsageError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
 from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_rows_features, topk,
                        train_probes, view_features)
+from lgm.command_configs import EvalConfig  # noqa: F401  (re-exported)
 
 # The authors' full-dataset probe (SPEC §7): batch 128, lr 5e-4, 100 epochs, on one center view per image.
 FULL_PROBE = ProbeConfig(epochs=100, batch=128, lr=5e-4, views=1, patience=10)
@@ -150,41 +150,6 @@ class EvalContext:
         by_group = {label[g]: summary([r[g] for r in per_group]) for g in groups}
         worst = [min(r.values()) for r in per_group]
         return {"groups": by_group, "worst_group_top1": summary(worst)}
-
-
-@dataclass(frozen=True)
-class EvalConfig(BackboneFlags):
-    """Linear-probe evaluation of artifacts on the real test split (SPEC §6)."""
-
-    backbone: tuple[str, ...] = ()
-    """Backbones to probe on (repeatable); default: the artifact's own."""
-    dataset: str | None = None
-    """Dataset whose test split scores the probes; default: the artifact's."""
-    repeats: int = 5
-    """Probe seeds (each draws its own augmented views)."""
-    protocol: Literal["spec", "authors"] = "spec"
-    """spec: validation early stopping, noise augmentation; authors: no noise, last epoch."""
-    views: int = 100
-    """Augmented views per training image in the probe's view pool."""
-    epochs: int = 1000
-    """Maximum probe epochs."""
-    res: int = 0
-    """Resolution images are resized to (0 = the artifact's distillation resolution)."""
-    crop: int = 0
-    """Training crop and test center crop (0 = the artifact's)."""
-    val_per_class: int = 100
-    """Validation images per class carved from the training set for early stopping."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    """Where test/validation features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
-    cache: bool = True
-    """Store and reuse test/validation features on disk (--no-cache recomputes)."""
-    on_bad_image: Literal["fail", "skip"] = "fail"
-    """Unreadable/corrupt image files in the dataset: stop naming them, or skip them with a warning."""
-
-    def probe(self) -> ProbeConfig:
-        return ProbeConfig.named(self.protocol, views=self.views, epochs=self.epochs)
 
 
 def artifact_geometry(artifact: DistilledSet, cfg: EvalConfig) -> tuple[int, int]:

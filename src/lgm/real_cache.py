@@ -30,20 +30,20 @@ import dataclasses
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from lgm.artifacts import atomic_write_json, read_json
-from lgm.augment import AugmentConfig, augment, block_seed
+from lgm.augment import augment, block_seed
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError, UsageError
+from lgm.errors import LgmError
 from lgm.feature_store import cache_root, key_hash
 from lgm.version import __version__
+from lgm.command_configs import CacheFeaturesConfig  # noqa: F401  (re-exported)
 
 # Bump when the layout or the way cached features are computed changes.
 REAL_CACHE_FORMAT = 1
@@ -54,70 +54,6 @@ INDICES = "indices.npy"
 # Fields of the key that only choose how much is cached (not what a row means): a distillation run may
 # use any cache that agrees on every other field.
 SIZE_FIELDS = ("views", "per_class", "seed", "num_rows")
-
-
-@dataclass(frozen=True)
-class CacheFeaturesConfig:
-    """Cache the backbone features of augmented views of a dataset's training images (resumable)."""
-
-    dataset: str
-    """Dataset name (see `lgm datasets`)."""
-    backbone: str
-    """Backbone name (see `lgm backbones`)."""
-    views: int = 2
-    """Augmented views of every training image."""
-    res: int = 256
-    """Resolution the real images are loaded at (the distillation run's --res)."""
-    crop: int = 224
-    """Side of the augmented crop fed to the backbone (the distillation run's --crop)."""
-    per_class: int = 0
-    """Training images per class (0 = all; a seeded stratified subset otherwise)."""
-    seed: int = 0
-    """Seed of the per-class selection and of every augmentation draw."""
-    aug: Literal["standard", "none"] = "standard"
-    """Augmentation (as in `lgm distill`)."""
-    clamp_crop: bool = True
-    """Clamp crop boxes to the image (as in `lgm distill`)."""
-    noise_std: float = 0.2
-    """Noise std (as in `lgm distill`)."""
-    noise_mean: float = 0.0
-    """Noise mean (as in `lgm distill`)."""
-    random_init: bool = False
-    """Randomly initialized backbone (tests/benchmarks)."""
-    weights: str | None = None
-    """Local weights file for the backbone."""
-    normalization: Literal["native", "imagenet"] = "native"
-    """Backbone input statistics."""
-    batch: int = 500
-    """Images per chunk (the unit of progress: an interrupted build resumes at a chunk boundary)."""
-    cache_dir: str | None = None
-    """Root of lgm's caches (default: $LGM_CACHE_DIR, else ~/.cache/lgm); the cache goes to <root>/real/<id>."""
-    out: str | None = None
-    """Explicit cache directory (instead of <cache-dir>/real/<id>)."""
-    amp: Literal["auto", "bf16", "off"] = "auto"
-    """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu, cuda or cuda:N."""
-    data_root: str | None = None
-    """Directory holding datasets (default: $LGM_DATA_ROOT, then each dataset's standard location)."""
-    on_bad_image: Literal["fail", "skip"] = "fail"
-    """Unreadable/corrupt image files: stop naming them, or leave them out with a warning listing them."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(kind=self.aug, clamp_crop=self.clamp_crop, noise_std=self.noise_std,
-                             noise_mean=self.noise_mean)
-
-    def validate(self) -> None:
-        problems = [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
-                    for k in ("views", "res", "crop", "batch") if getattr(self, k) <= 0]
-        if self.per_class < 0:
-            problems.append(f"--per-class must be >= 0, got {self.per_class}")
-        if self.crop > self.res:
-            problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
-        if problems:
-            raise UsageError("invalid cache-features settings:\n  " + "\n  ".join(problems))
 
 
 def weights_identity(weights: str | None, random_init: bool) -> str:

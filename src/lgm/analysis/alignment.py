@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from lgm.backbone_spec import BackboneFlags
 from lgm.errors import LgmError, UsageError
+from lgm.command_configs import AlignConfig  # noqa: F401  (re-exported)
 
 
 def knn_indices(features: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -64,34 +62,6 @@ def alignment_matrix(features: dict[str, torch.Tensor], k: int = 10) -> list[lis
         for j in range(i + 1, len(names)):
             m[i][j] = m[j][i] = float(knn_overlap(knn[a], knn[names[j]]).mean())
     return m
-
-
-@dataclass(frozen=True)
-class AlignConfig(BackboneFlags):
-    """Mutual k-NN alignment between backbones on the same real training images (SPEC §8)."""
-
-    dataset: str
-    backbones: tuple[str, ...]
-    """Two or more backbones."""
-    k: int = 10
-    """Neighbours per sample."""
-    n: int = 5000
-    """Training images (stratified: n // classes per class, seeded)."""
-    seed: int = 0
-    """Seed of the image selection."""
-    res: int = 224
-    """Images are resized to res (each backbone then resizes to its own input size)."""
-    crop: int = 224
-    """Center crop after the resize."""
-    out: str = "runs/align"
-    """Directory receiving alignment.json, alignment.csv, alignment.md and alignment.png."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    """Where features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
-    cache: bool = True
-    """Store and reuse features on disk (--no-cache recomputes)."""
-    on_bad_image: Literal["fail", "skip"] = "fail"
 
 
 def aligned_sample(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from lgm.artifacts import DistilledSet
 from lgm.backbone_spec import BackboneFlags
 from lgm.errors import LgmError
+from lgm.command_configs import RunSource  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -50,21 +50,10 @@ class RunContext:
         return center_features(self.backbone, images, self.crop, self.device)
 
 
-@dataclass(frozen=True)
-class RunSource(BackboneFlags):
-    """The flags of an analysis that reads one run: whose embedding space, and where its data and features live."""
-
-    backbone: str | None = None
-    """Embedding space (default: the backbone the run distilled with)."""
-    device: str = "auto"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    cache: bool = True
-    on_bad_image: Literal["fail", "skip"] = "fail"
-
-    def open(self, run: str | Path) -> "RunContext":
-        return open_run(run, self.backbone, self.device, self.data_root, self.cache_dir, self.cache,
-                        self.on_bad_image, flags=self)
+def open_source(run: str | Path, src: RunSource) -> RunContext:
+    """``open_run`` with the flags of an analysis command (its RunSource settings)."""
+    return open_run(run, src.backbone, src.device, src.data_root, src.cache_dir, src.cache, src.on_bad_image,
+                    flags=src)
 
 
 def open_run(run: str | Path, backbone: str | None = None, device: str = "auto", data_root: str | None = None,

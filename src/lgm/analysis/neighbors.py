@@ -8,13 +8,13 @@ transform) over the chosen training images, of any class by default
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lgm.analysis.common import RunSource
+from lgm.analysis.common import open_source
+from lgm.command_configs import NeighborsConfig  # noqa: F401  (re-exported)
 
 
 def nearest_real(query: torch.Tensor, real: torch.Tensor, query_labels: torch.Tensor | None = None,
@@ -27,25 +27,12 @@ def nearest_real(query: torch.Tensor, real: torch.Tensor, query_labels: torch.Te
     return best.indices, best.values
 
 
-@dataclass(frozen=True)
-class NeighborsConfig(RunSource):
-    """Each distilled image beside its nearest real training image (cosine, backbone space), with the similarity."""
-
-    n: int = 0
-    """Training images searched (0 = all; else a seeded stratified sample)."""
-    seed: int = 0
-    same_class: bool = False
-    """Search only the distilled image's class (default: every training image)."""
-    out: str | None = None
-    """Directory for neighbors.png and neighbors.json (default: <run>/analysis)."""
-
-
 def run_neighbors(run: str, cfg: NeighborsConfig, log=None) -> dict:
     from lgm.analysis.common import analysis_dir
     from lgm.artifacts import atomic_write_json
 
     log = log or (lambda m: print(f"lgm neighbors: {m}", file=sys.stderr, flush=True))
-    ctx = cfg.open(run)
+    ctx = open_source(run, cfg)
     index = ctx.real_index(cfg.n, cfg.seed)
     log(f"features of {len(index)} training images on {ctx.backbone.name}")
     real = ctx.real_features(index)

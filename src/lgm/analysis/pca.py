@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lgm.analysis.common import RunSource
 from lgm.errors import LgmError
+from lgm.analysis.common import open_source
+from lgm.command_configs import PcaConfig  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -68,23 +69,12 @@ def centroid_distances(real: torch.Tensor, real_labels: torch.Tensor, query: tor
     return out
 
 
-@dataclass(frozen=True)
-class PcaConfig(RunSource):
-    """2-D PCA of real training embeddings by class with the distilled embeddings marked (paper's Figure 4)."""
-
-    n: int = 5000
-    """Real training images (seeded stratified sample; 0 = all)."""
-    seed: int = 0
-    out: str | None = None
-    """Directory for pca.png and pca.json (default: <run>/analysis)."""
-
-
 def run_pca(run: str, cfg: PcaConfig, log=None) -> dict:
     from lgm.analysis.common import analysis_dir
     from lgm.artifacts import atomic_write_json
 
     log = log or (lambda m: print(f"lgm pca: {m}", file=sys.stderr, flush=True))
-    ctx = cfg.open(run)
+    ctx = open_source(run, cfg)
     index = ctx.real_index(cfg.n, cfg.seed)
     log(f"features of {len(index)} training images and {len(ctx.artifact.labels)} distilled images on "
         f"{ctx.backbone.name}")

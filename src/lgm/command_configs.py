@@ -1,0 +1,266 @@
+"""The settings of lgm's commands, as typed, frozen dataclasses (distillation's own are in :mod:`lgm.config`).
+
+They live here, apart from the code that runs them, so that the command line
+parses its arguments (and answers ``--help``) without importing torch; each
+command's module re-exports its config under the old name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from lgm.backbone_spec import BackboneFlags
+from lgm.errors import UsageError
+
+if TYPE_CHECKING:
+    from lgm.augment import AugmentConfig
+    from lgm.probe import ProbeConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig(BackboneFlags):
+    """Linear-probe evaluation of artifacts on the real test split (SPEC §6)."""
+
+    backbone: tuple[str, ...] = ()
+    """Backbones to probe on (repeatable); default: the artifact's own."""
+    dataset: str | None = None
+    """Dataset whose test split scores the probes; default: the artifact's."""
+    repeats: int = 5
+    """Probe seeds (each draws its own augmented views)."""
+    protocol: Literal["spec", "authors"] = "spec"
+    """spec: validation early stopping, noise augmentation; authors: no noise, last epoch."""
+    views: int = 100
+    """Augmented views per training image in the probe's view pool."""
+    epochs: int = 1000
+    """Maximum probe epochs."""
+    res: int = 0
+    """Resolution images are resized to (0 = the artifact's distillation resolution)."""
+    crop: int = 0
+    """Training crop and test center crop (0 = the artifact's)."""
+    val_per_class: int = 100
+    """Validation images per class carved from the training set for early stopping."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    """Where test/validation features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
+    cache: bool = True
+    """Store and reuse test/validation features on disk (--no-cache recomputes)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files in the dataset: stop naming them, or skip them with a warning."""
+
+    def probe(self) -> ProbeConfig:
+        from lgm.probe import ProbeConfig
+
+        return ProbeConfig.named(self.protocol, views=self.views, epochs=self.epochs)
+
+
+@dataclass(frozen=True)
+class BaselineConfig(BackboneFlags):
+    """Real-image baselines for a dataset and backbone (artifacts for `lgm eval`)."""
+
+    dataset: str
+    backbone: str
+    ipc: int = 1
+    """Images per class."""
+    out: str = "runs/baselines"
+    """Directory receiving one artifact per baseline."""
+    random_seeds: int = 10
+    """Random selections (one artifact per seed)."""
+    distilled: str | None = None
+    """A distilled artifact: adds the neighbors baseline (its images' nearest real images)."""
+    res: int = 0
+    """Resolution of the stored images and of the selection features (0 = the distilled artifact's, else 256)."""
+    crop: int = 0
+    """Center crop of the selection features (0 = the distilled artifact's, else 224)."""
+    val_per_class: int = 100
+    """Validation images per class held out (never selected), as in `lgm eval`."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cache: bool = True
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or skip them with a warning."""
+
+
+@dataclass(frozen=True)
+class CacheFeaturesConfig:
+    """Cache the backbone features of augmented views of a dataset's training images (resumable)."""
+
+    dataset: str
+    """Dataset name (see `lgm datasets`)."""
+    backbone: str
+    """Backbone name (see `lgm backbones`)."""
+    views: int = 2
+    """Augmented views of every training image."""
+    res: int = 256
+    """Resolution the real images are loaded at (the distillation run's --res)."""
+    crop: int = 224
+    """Side of the augmented crop fed to the backbone (the distillation run's --crop)."""
+    per_class: int = 0
+    """Training images per class (0 = all; a seeded stratified subset otherwise)."""
+    seed: int = 0
+    """Seed of the per-class selection and of every augmentation draw."""
+    aug: Literal["standard", "none"] = "standard"
+    """Augmentation (as in `lgm distill`)."""
+    clamp_crop: bool = True
+    """Clamp crop boxes to the image (as in `lgm distill`)."""
+    noise_std: float = 0.2
+    """Noise std (as in `lgm distill`)."""
+    noise_mean: float = 0.0
+    """Noise mean (as in `lgm distill`)."""
+    random_init: bool = False
+    """Randomly initialized backbone (tests/benchmarks)."""
+    weights: str | None = None
+    """Local weights file for the backbone."""
+    normalization: Literal["native", "imagenet"] = "native"
+    """Backbone input statistics."""
+    batch: int = 500
+    """Images per chunk (the unit of progress: an interrupted build resumes at a chunk boundary)."""
+    cache_dir: str | None = None
+    """Root of lgm's caches (default: $LGM_CACHE_DIR, else ~/.cache/lgm); the cache goes to <root>/real/<id>."""
+    out: str | None = None
+    """Explicit cache directory (instead of <cache-dir>/real/<id>)."""
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    """Mixed precision: auto = bf16 autocast on CUDA, full precision on CPU."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    data_root: str | None = None
+    """Directory holding datasets (default: $LGM_DATA_ROOT, then each dataset's standard location)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or leave them out with a warning listing them."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def augment_config(self) -> AugmentConfig:
+        from lgm.augment import AugmentConfig
+
+        return AugmentConfig(kind=self.aug, clamp_crop=self.clamp_crop, noise_std=self.noise_std,
+                             noise_mean=self.noise_mean)
+
+    def validate(self) -> None:
+        problems = [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
+                    for k in ("views", "res", "crop", "batch") if getattr(self, k) <= 0]
+        if self.per_class < 0:
+            problems.append(f"--per-class must be >= 0, got {self.per_class}")
+        if self.crop > self.res:
+            problems.append(f"--crop ({self.crop}) cannot exceed --res ({self.res})")
+        if problems:
+            raise UsageError("invalid cache-features settings:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class AlignConfig(BackboneFlags):
+    """Mutual k-NN alignment between backbones on the same real training images (SPEC §8)."""
+
+    dataset: str
+    backbones: tuple[str, ...]
+    """Two or more backbones."""
+    k: int = 10
+    """Neighbours per sample."""
+    n: int = 5000
+    """Training images (stratified: n // classes per class, seeded)."""
+    seed: int = 0
+    """Seed of the image selection."""
+    res: int = 224
+    """Images are resized to res (each backbone then resizes to its own input size)."""
+    crop: int = 224
+    """Center crop after the resize."""
+    out: str = "runs/align"
+    """Directory receiving alignment.json, alignment.csv, alignment.md and alignment.png."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    """Where features are stored (default $LGM_CACHE_DIR or ~/.cache/lgm)."""
+    cache: bool = True
+    """Store and reuse features on disk (--no-cache recomputes)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+
+
+@dataclass(frozen=True)
+class RunSource(BackboneFlags):
+    """The flags of an analysis that reads one run: whose embedding space, and where its data and features live."""
+
+    backbone: str | None = None
+    """Embedding space (default: the backbone the run distilled with)."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cache: bool = True
+    on_bad_image: Literal["fail", "skip"] = "fail"
+
+
+@dataclass(frozen=True)
+class PcaConfig(RunSource):
+    """2-D PCA of real training embeddings by class with the distilled embeddings marked (paper's Figure 4)."""
+
+    n: int = 5000
+    """Real training images (seeded stratified sample; 0 = all)."""
+    seed: int = 0
+    out: str | None = None
+    """Directory for pca.png and pca.json (default: <run>/analysis)."""
+
+
+@dataclass(frozen=True)
+class NeighborsConfig(RunSource):
+    """Each distilled image beside its nearest real training image (cosine, backbone space), with the similarity."""
+
+    n: int = 0
+    """Training images searched (0 = all; else a seeded stratified sample)."""
+    seed: int = 0
+    same_class: bool = False
+    """Search only the distilled image's class (default: every training image)."""
+    out: str | None = None
+    """Directory for neighbors.png and neighbors.json (default: <run>/analysis)."""
+
+
+DEMO_DISTILL = dict(dataset="fashion-mnist", backbone="effnet_lite0", ipc=1, steps=750, augs=4,
+                    lr=1e-2, init="real", res=128, crop=128, real_aug="none", real_features="cached", real_gradient="full",
+                    cache_per_class=1000, cache_views=1)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The offline default: EfficientNet-Lite0 on Fashion-MNIST, 1 image per class, ~9 min of distillation on 2 cores."""
+
+    out: str = "runs/demo"
+    """Directory of the demo (the distillation run lives in OUT/distill)."""
+    steps: int = DEMO_DISTILL["steps"]
+    """Distillation steps."""
+    augs: int = DEMO_DISTILL["augs"]
+    """Augmented views of the synthetic set per step."""
+    lr: float = DEMO_DISTILL["lr"]
+    """Adam learning rate of the distillation."""
+    init: Literal["noise", "real"] = DEMO_DISTILL["init"]
+    """Start from one seeded random training image per class (real: about 2.5 points better here) or from noise (paper)."""
+    res: int = DEMO_DISTILL["res"]
+    """Synthetic resolution (Fashion-MNIST's 28 px images are upsampled to it; 128 px: about 5 points above 64 px)."""
+    crop: int = DEMO_DISTILL["crop"]
+    """Crop fed to the backbone (training views and test center crop)."""
+    real_aug: Literal["same", "none"] = DEMO_DISTILL["real_aug"]
+    """Real images seen whole at --crop (none: the probe's test view, about 2 points better here) or augmented
+    like the synthetic views (same: the paper)."""
+    real_gradient: Literal["batch", "full"] = DEMO_DISTILL["real_gradient"]
+    """full: the exact gradient over the whole feature cache each step; batch: a sampled --real-batch."""
+    real_batch: int = 0
+    """Cached real views per step with --real-gradient batch (0 = ipc*augs*classes)."""
+    cache_per_class: int = DEMO_DISTILL["cache_per_class"]
+    """Training images per class in the real-feature cache."""
+    cache_views: int = DEMO_DISTILL["cache_views"]
+    """Views per cached training image (1 is enough with --real-aug none: the views are identical and copied)."""
+    seed: int = 0
+    """Seed of the distillation."""
+    repeats: int = 5
+    """Probe repeats for the distilled set (probe seeds) and for random real selections (selection seeds)."""
+    val_per_class: int = 100
+    """Training images per class held out for the probes' early stopping (never the test split)."""
+    probe_views: int = 100
+    """Augmented views per image when probing a 1-image-per-class set."""
+    full_train: int = 0
+    """Training images for the full-dataset reference probe (0 = all)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    data_root: str | None = None
+    """Directory holding fashion-mnist/ (default: $LGM_DATA_ROOT, then the Debian package's location)."""
+    progress: bool = True
+    """Show progress bars."""
