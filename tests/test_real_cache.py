@@ -150,7 +150,7 @@ def test_cache_features_command(fashion_root, tmp_path, capsys):
     path = Path(capsys.readouterr().out.strip())
     assert path.parent == tmp_path / "cache" / "real"
     assert RealFeatureCache.open(path).features.shape == (60, 32)
-    assert main(args[:-2] + ["--out", str(path), "--views", "4"]) == 2
+    assert main(args[:-2] + ["--out", str(path), "--views", "4"]) == 1  # a runtime error (usage errors exit 2)
     assert "views: cache has 2, requested 4" in capsys.readouterr().err
 
 
