@@ -24,7 +24,7 @@ from lgm.augment import AugmentConfig, ViewAugmenter
 from lgm.backbones import BACKBONES, Backbone, load_backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, check_dataset_name, load_dataset, stratified_indices
-from lgm.errors import LgmError, NonFiniteLossError
+from lgm.errors import CorruptFileError, LgmError, NonFiniteLossError
 from lgm.features import CachedReal, LiveReal, compute_feature_cache
 from lgm.grid import save_grid
 from lgm.distributed import SINGLE, Shard, init_from_env
@@ -259,13 +259,17 @@ def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
 
 def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
     """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
-    from lgm.artifacts import read_json
+    from lgm.artifacts import read_json_object
     from lgm.feature_store import cache_root
     from lgm.real_cache import SIZE_FIELDS, RealFeatureCache, find_real_cache
 
     recorded = run.path / REAL_SIDE_FILE if run is not None else None
     if recorded is not None and recorded.is_file():
-        prev = RealSideChoice(**read_json(recorded))
+        try:
+            prev = RealSideChoice(**read_json_object(recorded, "a real-side record"))
+        except TypeError as e:
+            raise LgmError(f"{recorded} is not a real-side record lgm wrote ({e}); restore it, or delete it together "
+                           "with the checkpoint to restart the run") from None
         if prev.mode != "standalone":
             return prev, None
         candidates = [p for p in (cfg.real_cache, prev.cache_path,
@@ -308,8 +312,13 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
         return CachedReal(cache.features, cache.labels, device)
     cache_path = run.path / cache_name if run is not None else None
     if cache_path is not None and cache_path.is_file():
-        tensors = load_tensors(cache_path)
-        return CachedReal(tensors["features"], tensors["labels"], device)
+        try:
+            tensors = load_tensors(cache_path)
+            if set(tensors) != {"features", "labels"} or tensors["features"].shape[:1] != tensors["labels"].shape:
+                raise CorruptFileError(f"{cache_path} does not hold matching 'features' and 'labels' tensors")
+            return CachedReal(tensors["features"], tensors["labels"], device)
+        except CorruptFileError as e:  # a cache: computed again (the same features, from the same seeds)
+            _log(f"warning: {e}; recomputing the run's feature cache")
     split = ds.train
     if cfg.cache_per_class:
         picker = torch.Generator().manual_seed((cfg.seed << 8) | 5)
@@ -370,8 +379,16 @@ def distill(
     as is when finished). Keyword overrides replace config fields, e.g.
     ``steps=200``. Started by torchrun (WORLD_SIZE > 1), a single-backbone run
     joins the process group and does its share of every step
-    (``lgm.distributed``); only rank 0 writes ``out``.
+    (``lgm.distributed``); only rank 0 writes ``out``, and holds its lock
+    (``lgm.locks``) until it returns: a second process on the same ``out``
+    is refused at once.
     """
+    with contextlib.ExitStack() as held:
+        return _distill(dataset, backbone, config, out, held, **overrides)
+
+
+def _distill(dataset, backbone, config: DistillConfig | None, out, held: contextlib.ExitStack,
+             **overrides) -> DistilledSet:
     from lgm import joint
 
     ds_name = dataset if isinstance(dataset, str) else dataset.name
@@ -398,6 +415,7 @@ def distill(
     writer = run if shard.is_main else None  # the only process that writes the run directory
     if run is not None:
         def prepare() -> bool:
+            held.enter_context(run.locked())
             run.prepare(cfg)
             return run.finished()
 
@@ -439,10 +457,17 @@ def distill(
     start, elapsed = 0, 0.0
     if run is not None and run.has_checkpoint():
         ckpt = run.load_checkpoint()
-        syn.load_state_tensors(ckpt.synthetic)
-        optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
-        ckpt.load_optimizer(optimizer)
-        gens.load_state_tensors(ckpt.generators)
+        if ckpt.step > cfg.steps:
+            raise LgmError(f"the checkpoint in {run.path} is at step {ckpt.step}, past this run's {cfg.steps} steps; "
+                           "delete it to restart the run")
+        try:
+            syn.load_state_tensors(ckpt.synthetic)
+            optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
+            ckpt.load_optimizer(optimizer)
+            gens.load_state_tensors(ckpt.generators)
+        except (ValueError, KeyError, IndexError, RuntimeError) as e:  # shapes or names that do not fit this run
+            raise LgmError(f"the checkpoint in {run.path} does not fit this run ({type(e).__name__}: {e}); "
+                           "delete checkpoint*.safetensors to restart the run") from None
         start, elapsed = ckpt.step, ckpt.seconds
         _log(f"resuming {run.path} from step {start}/{cfg.steps}")
     shard.broadcast_params_(list(syn.parameters()))

@@ -21,6 +21,7 @@ from lgm.data.base import ImageDataset, ImageSplit, Split, stratified_indices, s
 from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_mnist
 from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
 from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
+from lgm.errors import MissingResourceError
 from lgm.registry import Registry
 
 __all__ = [
@@ -88,6 +89,10 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
     else:
         loader = DATASETS.get(name)
         root = resolve_data_root(data_root)
+        if root is not None and not Path(root).expanduser().is_dir():
+            source = "--data-root" if data_root else f"${DATA_ROOT_ENV}"
+            raise MissingResourceError(f"{source} {root} is not a directory; give the directory that holds the "
+                                       "datasets (see `lgm datasets`)")
         # Loaders registered with the original one-argument signature keep working.
         if "on_bad_image" in inspect.signature(loader).parameters:
             ds = loader(root, on_bad_image=on_bad_image)
