@@ -137,7 +137,7 @@ class FeatureStore:
             if json.loads(metadata.get("key", "null")) != key:
                 return None
             feats = tensors.get("features")
-            if feats is None or feats.dim() != 2 or (rows is not None and feats.shape[0] != rows):
+            if feats is None or (rows is not None and (feats.dim() != 2 or feats.shape[0] != rows)):
                 raise LgmError(f"{path} holds {None if feats is None else tuple(feats.shape)}, expected {rows} rows")
         except (LgmError, ValueError) as e:
             print(f"lgm: warning: feature-store entry {path} is unusable ({e}); recomputing it",
