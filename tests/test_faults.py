@@ -596,3 +596,17 @@ def test_oserror_on_write_is_an_error_and_lgm_debug_shows_the_traceback(fashion_
     assert "Traceback" not in r.stderr
     debug = lgm_cli(*args, env={**os.environ, "LGM_DEBUG": "1"})
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_report_and_export_read_damaged_run_files_without_a_traceback(fashion_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_tiny(fashion_root, out, steps=4, snapshot_every=2)
+    metrics = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_bytes(metrics[0] + b"\xff\xfe\n" + b"".join(metrics[1:]))
+    (out / "eval.json").write_bytes(b"[1]")
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert [r["step"] for r in RunDir(out).read_metrics()] == [0, 1, 2, 3]
+    (out / "config.json").write_bytes(b'["not", "a", "config"]')
+    capsys.readouterr()
+    assert main(["export", str(out), "--timelapse", str(tmp_path / "t.gif")]) != 0
+    assert f"lgm: error: {out / 'config.json'} is not a run configuration" in capsys.readouterr().err
