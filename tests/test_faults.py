@@ -397,7 +397,7 @@ def test_no_readable_checkpoint_is_an_error_naming_the_files(fashion_root, tmp_p
 
 def test_a_checkpoint_that_does_not_fit_the_run_is_an_error(fashion_root, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run = interrupted_run(fashion_root, out, monkeypatch)
+    interrupted_run(fashion_root, out, monkeypatch)
     tensors, metadata = load_tensors_and_metadata(out / RunDir.CHECKPOINT)
     key = next(k for k in tensors if k.startswith("syn.level_"))
     tensors[key] = torch.zeros(3, *tensors[key].shape[1:])  # a checksum-valid file of another run's shapes
