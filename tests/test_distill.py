@@ -271,6 +271,7 @@ def test_unknown_names_list_the_known_ones(fashion_root, tmp_path):
 
 def test_missing_dataset_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(lgm.data.idx, "DEBIAN_FASHION_DIR", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()  # a data root that does not exist is an error of its own (tests/test_faults.py)
     with pytest.raises(MissingResourceError, match="apt-get install dataset-fashion-mnist"):
         run_tiny(tmp_path / "empty", None)
 

@@ -283,11 +283,21 @@ def main(argv: list[str] | None = None) -> int:
                     "lgm --version prints the version; exit status 1 for runtime errors, 2 for usage errors.",
         args=argv,
     )
+    import os
+
+    debug = os.environ.get("LGM_DEBUG") == "1"  # LGM_DEBUG=1: the traceback of every error, for bug reports
     try:
         return _run(cmd)
     except LgmError as e:
+        if debug:
+            raise
         print(f"lgm: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # unwritable or missing directories, a full disk: the message names the file
+        if debug:
+            raise
+        print(f"lgm: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

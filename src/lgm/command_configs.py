@@ -139,8 +139,13 @@ class CacheFeaturesConfig:
                              noise_mean=self.noise_mean)
 
     def validate(self) -> None:
-        problems = [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
-                    for k in ("views", "res", "crop", "batch") if getattr(self, k) <= 0]
+        from lgm.config import nonfinite_options
+
+        problems = nonfinite_options(self)
+        if self.noise_std < 0:
+            problems.append(f"--noise-std must be >= 0, got {self.noise_std}")
+        problems += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
+                     for k in ("views", "res", "crop", "batch") if getattr(self, k) <= 0]
         if self.per_class < 0:
             problems.append(f"--per-class must be >= 0, got {self.per_class}")
         if self.crop > self.res:

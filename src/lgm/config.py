@@ -157,7 +157,7 @@ class DistillConfig:
         return self
 
     def validate(self) -> None:
-        problems = []
+        problems = nonfinite_options(self)
         for key in ("ipc", "steps", "augs", "res", "crop", "checkpoint_every", "cache_views"):
             if getattr(self, key) <= 0:
                 problems.append(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
@@ -236,6 +236,15 @@ class DistillConfig:
         if unknown:
             raise LgmError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def nonfinite_options(cfg) -> list[str]:
+    """A problem line for every float option of the dataclass ``cfg`` that is NaN or infinite."""
+    import math
+
+    return [f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}"
+            for f in dataclasses.fields(cfg)
+            if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name))]
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

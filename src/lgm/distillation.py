@@ -10,6 +10,7 @@ directories, checkpoints, signals, metrics) lives in ``lgm.rundir``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import sys
@@ -179,8 +180,16 @@ def distill(
     as is when finished). Keyword overrides replace config fields, e.g.
     ``steps=200``. Started by torchrun (WORLD_SIZE > 1), a single-backbone run
     joins the process group and does its share of every step
-    (``lgm.distributed``); only rank 0 writes ``out``.
+    (``lgm.distributed``); only rank 0 writes ``out``, and holds its lock
+    (``lgm.locks``) until it returns: a second process on the same ``out``
+    is refused at once.
     """
+    with contextlib.ExitStack() as held:
+        return _distill(dataset, backbone, config, out, held, **overrides)
+
+
+def _distill(dataset, backbone, config: DistillConfig | None, out, held: contextlib.ExitStack,
+             **overrides) -> DistilledSet:
     ds_name = dataset if isinstance(dataset, str) else dataset.name
     bb_name = (tuple(joint.spec_name(b) for b in backbone) if isinstance(backbone, (list, tuple))
                else backbone if isinstance(backbone, str) else backbone.name)
@@ -205,8 +214,12 @@ def distill(
     writer = run if shard.is_main else None  # the only process that writes the run directory
     if run is not None:
         def check() -> bool:
-            run.check(cfg)
-            return run.finished()
+            run.check(cfg)  # writes nothing: the inputs are checked before the directory is touched
+            if not run.finished():
+                return False
+            with run.locked():  # finished: nothing to do but remove leftovers of interrupted writes
+                run.remove_stale_temporaries()
+            return True
 
         if shard.run_on_main(check):
             _log(f"{run.path} already holds a finished run ({cfg.steps} steps); nothing to do")
@@ -226,7 +239,12 @@ def distill(
     # Recorded so that every later command finds (and checks) the same file.
     weights_file = weights_record(cfg.weights) if cfg.weights and not cfg.joint else None
     if run is not None:  # dataset, backbones and weights are good: now the run directory may be written
-        shard.run_on_main(lambda: run.create(cfg))
+        def create() -> None:
+            held.enter_context(run.locked())  # held until distill returns
+            run.check(cfg)  # again, under the lock: another process may have started this run meanwhile
+            run.create(cfg)
+
+        shard.run_on_main(create)
     choice = shard.run_on_main(lambda: real_side.resolve_real_side(cfg, ds, bb, run)[0])
     n_real = real_side.real_batch_size(cfg, ds.num_classes)
     if choice.mode == "live" and n_real > len(ds.train):
@@ -250,10 +268,17 @@ def distill(
     start, elapsed = 0, 0.0
     if run is not None and run.has_checkpoint():
         ckpt = run.load_checkpoint()
-        syn.load_state_tensors(ckpt.synthetic)
-        optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
-        ckpt.load_optimizer(optimizer)
-        gens.load_state_tensors(ckpt.generators)
+        if ckpt.step > cfg.steps:
+            raise LgmError(f"the checkpoint in {run.path} is at step {ckpt.step}, past this run's {cfg.steps} steps; "
+                           "delete it to restart the run")
+        try:
+            syn.load_state_tensors(ckpt.synthetic)
+            optimizer = make_optimizer(list(syn.parameters()), cfg.lr)
+            ckpt.load_optimizer(optimizer)
+            gens.load_state_tensors(ckpt.generators)
+        except (ValueError, KeyError, IndexError, RuntimeError) as e:  # shapes or names that do not fit this run
+            raise LgmError(f"the checkpoint in {run.path} does not fit this run ({type(e).__name__}: {e}); "
+                           "delete checkpoint*.safetensors to restart the run") from None
         start, elapsed = ckpt.step, ckpt.seconds
         _log(f"resuming {run.path} from step {start}/{cfg.steps}")
     shard.broadcast_params_(list(syn.parameters()))

@@ -46,3 +46,7 @@ class NonFiniteLossError(LgmError):
 
 class DatasetError(LgmError, ValueError):
     """A dataset on disk that does not match its expected layout, or holds bad images; the message says which files."""
+
+
+class CorruptFileError(LgmError):
+    """A file lgm wrote whose content no longer matches the checksum recorded with it (or cannot be parsed)."""

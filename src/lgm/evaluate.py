@@ -153,11 +153,14 @@ class EvalContext:
 
 
 def artifact_geometry(artifact: DistilledSet, cfg: EvalConfig) -> tuple[int, int]:
-    stored = artifact.meta.get("config", {})
+    from lgm.artifacts import MAX_SIDE
+
+    # DistilledSet.load has checked the stored res/crop against the images (integers, res = their side).
+    stored = artifact.meta.get("config", {}) if isinstance(artifact.meta.get("config"), dict) else {}
     res = cfg.res or int(stored.get("res") or artifact.images.shape[-1])
     crop = cfg.crop or int(stored.get("crop") or res)
-    if crop > res:
-        raise UsageError(f"--crop {crop} exceeds --res {res}")
+    if not 0 < crop <= res <= MAX_SIDE:
+        raise UsageError(f"need 0 < crop ({crop}) <= res ({res}) <= {MAX_SIDE}; check --res/--crop")
     return res, crop
 
 
@@ -297,10 +300,16 @@ def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -
     import json
     import sys
 
-    from lgm.artifacts import atomic_write_json, read_json
+    from lgm.artifacts import atomic_write_json, read_json_object
 
     if not sources:
         raise UsageError("name at least one artifact (a run directory or an .safetensors/.json file)")
+    # Every eval.json that results are merged into is read before any probe trains, so that a damaged one
+    # fails at once rather than after the work (and the artifacts too: a bad one stops nothing half-done).
+    existing = {}
+    for src in sources:
+        out = eval_json_path(Path(src))
+        existing[src] = read_json_object(out, "an evaluation record") if out.is_file() else {}
     everything, rows = {}, []
     for src in sources:
         path = Path(src)
@@ -311,7 +320,7 @@ def run_eval(sources: tuple[str, ...], cfg: EvalConfig, as_json: bool = False) -
         else:
             results = evaluate_artifact(DistilledSet.load(path), cfg, where=src, log=log)
         out = eval_json_path(path)
-        stored = read_json(out) if out.is_file() else {}
+        stored = read_json_object(out, "an evaluation record") if out.is_file() else existing[src]
         for name, r in results.items():
             stored[f"{name}/{cfg.protocol}"] = r
             rows.append((src, name, r))

@@ -90,7 +90,7 @@ class FeatureStore:
 
         key = _stored_key(key)
         path = self.path(key)
-        cached = self._read(path, key) if self.enabled else None
+        cached = self._read(path, key, rows) if self.enabled else None
         if cached is not None:
             return cached
         chunk = max(batch, chunk // batch * batch)
@@ -103,7 +103,7 @@ class FeatureStore:
                 stop = min(start + chunk, rows)
                 part_key = {**key, "rows": [start, stop]}
                 part_path = partial / f"{start:010d}-{stop:010d}.safetensors"
-                part = self._read(part_path, part_key) if self.enabled else None
+                part = self._read(part_path, part_key, stop - start) if self.enabled else None
                 if part is None:
                     pieces = []
                     for b in range(start, stop, batch):
@@ -122,19 +122,28 @@ class FeatureStore:
         return feats
 
     @staticmethod
-    def _read(path: Path, key: dict[str, Any]) -> torch.Tensor | None:
-        """The features stored at ``path`` when its metadata holds exactly ``key``, else None."""
+    def _read(path: Path, key: dict[str, Any], rows: int | None = None) -> torch.Tensor | None:
+        """The features stored at ``path`` when its metadata holds exactly ``key``, else None.
+
+        An entry that fails its checksum (or cannot be parsed, or has the wrong number of rows) is
+        recomputed and replaced, with a warning naming it.
+        """
         if not path.is_file():
             return None
-        from safetensors import safe_open
+        from lgm.artifacts import load_tensors_and_metadata
 
         try:
-            with safe_open(str(path), framework="pt") as f:
-                if json.loads((f.metadata() or {}).get("key", "null")) == key:
-                    return f.get_tensor("features")
-        except Exception:  # unreadable entry (e.g. a torn copy): recompute and replace it
-            pass
-        return None
+            tensors, metadata = load_tensors_and_metadata(path)
+            if json.loads(metadata.get("key", "null")) != key:
+                return None
+            feats = tensors.get("features")
+            if feats is None or (rows is not None and (feats.dim() != 2 or feats.shape[0] != rows)):
+                raise LgmError(f"{path} holds {None if feats is None else tuple(feats.shape)}, expected {rows} rows")
+        except (LgmError, ValueError) as e:
+            print(f"lgm: warning: feature-store entry {path} is unusable ({e}); recomputing it",
+                  file=sys.stderr, flush=True)
+            return None
+        return feats
 
 
 def _stored_key(key: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,11 @@ Layout of a cache directory (default ``$LGM_CACHE_DIR/real/<id>``, where
 
 The build is written chunk by chunk: after each chunk the memory map is
 flushed, then ``meta.json`` is replaced atomically with the new progress
-counter, so a build killed at any point resumes from the last recorded chunk.
+counter, so a build killed at any point resumes from the last recorded chunk
+(killed before its first ``meta.json``, it starts over). A build holds the
+directory's lock (``lgm.locks``): a second build of the same cache is refused.
+``meta.json`` records the SHA-256 of the labels and indices, and of the
+features once complete; opening a cache verifies them.
 Every chunk's augmentation draws come from a generator seeded by
 (seed, chunk index), never from a running stream, so a resumed build equals
 an uninterrupted one exactly. Reading checks the key: a cache built for
@@ -36,12 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lgm.artifacts import atomic_write_json, read_json
+from lgm.artifacts import atomic_write_json, file_digest, read_json_object
 from lgm.augment import augment, block_seed
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError
+from lgm.errors import CorruptFileError, LgmError
 from lgm.feature_store import cache_root, key_hash
+from lgm.locks import LOCK_FILE, exclusive
 from lgm.version import __version__
 from lgm.command_configs import CacheFeaturesConfig  # noqa: F401  (re-exported)
 
@@ -133,9 +138,10 @@ class RealFeatureCache:
         meta_path = path / META
         if not meta_path.is_file():
             raise LgmError(f"{path} is not a real-feature cache (no {META}); build one with `lgm cache-features`")
-        meta = read_json(meta_path)
-        if meta.get("key", {}).get("format") != REAL_CACHE_FORMAT:
-            raise LgmError(f"{path} holds a real-feature cache of format {meta.get('key', {}).get('format')!r}; "
+        meta = read_json_object(meta_path, "a real-feature cache description")
+        if not isinstance(meta.get("key"), dict) or meta["key"].get("format") != REAL_CACHE_FORMAT:
+            fmt = meta["key"].get("format") if isinstance(meta.get("key"), dict) else None
+            raise LgmError(f"{path} holds a real-feature cache of format {fmt!r}; "
                            f"this lgm reads format {REAL_CACHE_FORMAT}: rebuild it with `lgm cache-features`")
         if expected is not None:
             diffs = key_differences(meta["key"], _normalize(expected), ignore)
@@ -146,10 +152,53 @@ class RealFeatureCache:
             raise LgmError(f"the real-feature cache {path} is incomplete ({meta.get('chunks_done')}/"
                            f"{meta.get('chunks_total')} chunks); re-run the same `lgm cache-features` command to "
                            "finish it")
-        rows, dim = meta["rows"], meta["dim"]
+        rows, dim = check_layout(path, meta)
+        verify_files(path, meta, (FEATURES, LABELS))
         mm = np.memmap(path / FEATURES, dtype=np.float16, mode="c", shape=(rows, dim))
-        labels = torch.from_numpy(np.load(path / LABELS))
+        labels = _load_int64(path / LABELS, rows)
         return cls(path, meta, torch.from_numpy(mm), labels)
+
+
+def _int_field(meta: dict[str, Any], name: str, where: Path) -> int:
+    value = meta.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise LgmError(f"{where / META}: {name} must be a positive integer, got {value!r}; rebuild the cache")
+    return value
+
+
+def check_layout(path: Path, meta: dict[str, Any]) -> tuple[int, int]:
+    """(rows, dim) from meta.json, checked against its key and the size of features.f16 before any mapping."""
+    rows, dim = _int_field(meta, "rows", path), _int_field(meta, "dim", path)
+    key = meta["key"]
+    if key.get("num_rows") != rows or key.get("feature_dim") != dim:
+        raise LgmError(f"{path / META}: rows x dim {rows} x {dim} disagree with its key ({key.get('num_rows')} x "
+                       f"{key.get('feature_dim')}); rebuild the cache")
+    size = (path / FEATURES).stat().st_size if (path / FEATURES).is_file() else None
+    if size != rows * dim * 2:
+        raise CorruptFileError(f"{path / FEATURES} holds {size} bytes, {rows} x {dim} fp16 features need "
+                               f"{rows * dim * 2} (truncated or replaced); delete {path} and re-run `lgm "
+                               "cache-features`")
+    return rows, dim
+
+
+def verify_files(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Check the SHA-256 that meta.json records for each of ``names`` (caches built before checksums: none)."""
+    digests = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
+    for name in names:
+        if name in digests and file_digest(path / name) != digests[name]:
+            raise CorruptFileError(f"{path / name} is corrupt: its content does not match the checksum in "
+                                   f"{path / META}; delete {path} and re-run `lgm cache-features`")
+
+
+def _load_int64(file: Path, rows: int) -> torch.Tensor:
+    try:
+        values = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CorruptFileError(f"cannot read {file}: {e}; delete its cache and re-run `lgm cache-features`") from None
+    if values.dtype != np.int64 or values.shape != (rows,) or (rows and values.min() < 0):
+        raise CorruptFileError(f"{file} holds {values.dtype} {values.shape}, expected {rows} non-negative int64 "
+                               "labels; delete its cache and re-run `lgm cache-features`")
+    return torch.from_numpy(values)
 
 
 def _chunks(n: int, views: int, batch: int) -> list[tuple[int, int]]:
@@ -160,43 +209,80 @@ def _chunks(n: int, views: int, batch: int) -> list[tuple[int, int]]:
 def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, device: torch.device,
                      autocast, log=None) -> RealFeatureCache:
     """Build (or resume, or just open) the cache for ``cfg``; returns it opened for reading."""
-    from tqdm.auto import tqdm
-
     cfg.validate()
     log = log or (lambda m: None)
     indices = select_indices(ds, cfg.per_class, cfg.seed)
     key = _normalize(cache_key(cfg, ds, backbone, indices))
     cid = key_hash(key)
     path = Path(cfg.out) if cfg.out else cache_root(cfg.cache_dir) / "real" / cid
+    with exclusive(path, "real-feature cache", "wait for that build to finish, or use another --out"):
+        return _build_locked(cfg, ds, backbone, device, autocast, log, indices, key, cid, path)
+
+
+# What a build writes in its directory: an interrupted build that left only these (no meta.json yet) restarts.
+OWN_FILES = (FEATURES, LABELS, INDICES, LOCK_FILE)
+
+
+def _own_file(p: Path) -> bool:
+    return p.name in OWN_FILES or (p.name.startswith(f".{META}.") and p.name.endswith(".tmp"))
+
+
+def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
+                  log, indices: torch.Tensor, key: dict[str, Any], cid: str, path: Path) -> RealFeatureCache:
+    from tqdm.auto import tqdm
+
     meta_path = path / META
     n, dim = int(indices.numel()), backbone.feature_dim
     chunks = _chunks(n, cfg.views, cfg.batch)
-    if meta_path.is_file():
-        meta = read_json(meta_path)
-        diffs = key_differences(meta.get("key", {}), key)
+    for p in path.iterdir():  # temporaries of meta.json writes that were interrupted (the lock is held)
+        if p.name.startswith(f".{META}.") and p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+    meta = read_json_object(meta_path, "a real-feature cache description") if meta_path.is_file() else None
+    if meta is not None:
+        diffs = key_differences(meta.get("key") if isinstance(meta.get("key"), dict) else {}, key)
         if diffs:
             raise LgmError(f"{path} holds a real-feature cache built for other settings; refusing to mix them:\n  "
                            + "\n  ".join(diffs) + "\nUse another --out (or the default location), or delete it.")
         if meta.get("complete"):
-            log(f"{path} already holds this cache (complete); nothing to do")
-            return RealFeatureCache.open(path, key)
-        if meta["chunk_rows"] != cfg.batch:
-            raise LgmError(f"{path} is a partial build with --batch {meta['chunk_rows']}; resume it with that "
+            try:
+                cache = RealFeatureCache.open(path, key)
+            except CorruptFileError as e:
+                log(f"{e}; rebuilding it")
+                meta = None
+            else:
+                log(f"{path} already holds this cache (complete); nothing to do")
+                return cache
+    if meta is not None:
+        if meta.get("chunk_rows") != cfg.batch:
+            raise LgmError(f"{path} is a partial build with --batch {meta.get('chunk_rows')}; resume it with that "
                            f"--batch (got {cfg.batch})")
-        start = int(meta["chunks_done"])
+        start = meta.get("chunks_done")
+        try:
+            if not (isinstance(start, int) and 0 <= start <= len(chunks)):
+                raise CorruptFileError(f"{meta_path}: chunks_done {start!r} is not in 0..{len(chunks)}")
+            check_layout(path, meta)
+            verify_files(path, meta, (LABELS, INDICES))
+        except LgmError as e:
+            log(f"the partial build in {path} is damaged ({e}); starting it over")
+            meta = None
+    if meta is not None:
         log(f"resuming the cache build in {path} at chunk {start}/{len(chunks)}")
         mm = np.memmap(path / FEATURES, dtype=np.float16, mode="r+", shape=(cfg.views * n, dim))
     else:
-        if path.exists() and any(path.iterdir()):
-            raise LgmError(f"{path} exists, is not empty and holds no {META}; choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
+        others = sorted(p.name for p in path.iterdir() if not _own_file(p) and p.name != META)
+        if others:
+            raise LgmError(f"{path} exists, is not empty and holds no {META} (it holds {', '.join(others[:5])}); "
+                           "choose another --out")
+        for name in (META, FEATURES, LABELS, INDICES):
+            (path / name).unlink(missing_ok=True)  # what a build killed before its first meta.json left
         labels = ds.train.labels.cpu()[indices].to(torch.int64).repeat(cfg.views)
         np.save(path / INDICES, indices.to(torch.int64).numpy())
         np.save(path / LABELS, labels.numpy())
         mm = np.memmap(path / FEATURES, dtype=np.float16, mode="w+", shape=(cfg.views * n, dim))
         meta = {"id": cid, "key": key, "rows": cfg.views * n, "dim": dim, "dtype": "float16", "images": n,
                 "chunk_rows": cfg.batch, "chunks_total": len(chunks), "chunks_done": 0, "complete": False,
-                "lgm_version": __version__, "device": str(device)}
+                "lgm_version": __version__, "device": str(device),
+                "sha256": {name: file_digest(path / name) for name in (LABELS, INDICES)}}
         atomic_write_json(meta_path, meta)
         start = 0
     aug = cfg.augment_config()
@@ -220,9 +306,11 @@ def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backb
         mm.flush()
         meta["chunks_done"] = c + 1
         atomic_write_json(meta_path, meta)
+    del mm
+    sums = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
+    meta["sha256"] = {**sums, FEATURES: file_digest(path / FEATURES)}
     meta["complete"] = True
     atomic_write_json(meta_path, meta)
-    del mm
     log(f"real-feature cache complete: {path} ({cfg.views * n} rows x {dim}, fp16)")
     return RealFeatureCache.open(path, key)
 
@@ -240,11 +328,11 @@ def find_real_cache(wanted: dict[str, Any], cache_dir: str | Path | None = None)
         return None
     for meta_path in sorted(root.glob(f"*/{META}")):
         try:
-            meta = read_json(meta_path)
-        except Exception:
+            meta = read_json_object(meta_path)
+        except LgmError:
             continue
-        key = meta.get("key", {})
-        if meta.get("complete") and not key_differences(key, wanted, SIZE_FIELDS):
+        key = meta.get("key")
+        if meta.get("complete") and isinstance(key, dict) and not key_differences(key, wanted, SIZE_FIELDS):
             found.append((-int(meta.get("rows", 0)), int(key.get("seed", 0)), meta.get("id", ""), meta_path.parent))
     return min(found)[3] if found else None
 

@@ -11,18 +11,19 @@ for a head gradient (``lgm.features``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from lgm.artifacts import atomic_save_tensors, load_tensors, read_json
+from lgm.artifacts import atomic_save_tensors, load_tensors, read_json_object
 from lgm.augment import AugmentConfig
 from lgm.backbones import Backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, stratified_indices
-from lgm.errors import LgmError
+from lgm.errors import CorruptFileError, LgmError
 from lgm.feature_store import cache_root
 from lgm.features import CachedReal, LiveReal, compute_feature_cache
 from lgm.real_cache import (SIZE_FIELDS, CacheFeaturesConfig, RealFeatureCache, cache_key, find_real_cache,
@@ -66,7 +67,11 @@ def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: R
     """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
     recorded = run.path / REAL_SIDE_FILE if run is not None else None
     if recorded is not None and recorded.is_file():
-        prev = RealSideChoice(**read_json(recorded))
+        try:
+            prev = RealSideChoice(**read_json_object(recorded, "a real-side record"))
+        except TypeError as e:
+            raise LgmError(f"{recorded} is not a real-side record lgm wrote ({e}); restore it, or delete it together "
+                           "with the checkpoint to restart the run") from None
         if prev.mode != "standalone":
             return prev, None
         candidates = [p for p in (cfg.real_cache, prev.cache_path,
@@ -109,8 +114,13 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
         return CachedReal(cache.features, cache.labels, device)
     cache_path = run.path / cache_name if run is not None else None
     if cache_path is not None and cache_path.is_file():
-        tensors = load_tensors(cache_path)
-        return CachedReal(tensors["features"], tensors["labels"], device)
+        try:
+            tensors = load_tensors(cache_path)
+            if set(tensors) != {"features", "labels"} or tensors["features"].shape[:1] != tensors["labels"].shape:
+                raise CorruptFileError(f"{cache_path} does not hold matching 'features' and 'labels' tensors")
+            return CachedReal(tensors["features"], tensors["labels"], device)
+        except CorruptFileError as e:  # a cache: computed again (the same features, from the same seeds)
+            _log(f"warning: {e}; recomputing the run's feature cache")
     split = ds.train
     if cfg.cache_per_class:
         picker = torch.Generator().manual_seed((cfg.seed << 8) | 5)
@@ -128,3 +138,7 @@ def real_aug_config(cfg: DistillConfig) -> AugmentConfig:
     """How real images are seen: like the synthetic views (--real-aug same), or whole (none)."""
     aug = view_aug_config(cfg)
     return aug if cfg.real_aug == "same" else dataclasses.replace(aug, kind="none")
+
+
+def _log(msg: str) -> None:
+    print(f"lgm: {msg}", file=sys.stderr, flush=True)

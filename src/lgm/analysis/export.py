@@ -39,7 +39,7 @@ def export_pngs(run: str | Path, out: str | Path) -> list[Path]:
 def export_timelapse(run: str | Path, out: str | Path, frame_ms: int = 200, cell: int = 96,
                      columns: int = 10) -> Path:
     """An animated GIF of the run's snapshots (``snapshot_every``), one grid per snapshot, step in the title."""
-    from lgm.artifacts import read_json
+    from lgm.artifacts import read_json_object
     from lgm.grid import grid_image
     from lgm.rundir import read_snapshots
 
@@ -52,8 +52,10 @@ def export_timelapse(run: str | Path, out: str | Path, frame_ms: int = 200, cell
     config_path = run / "config.json"
     names = labels = None
     if meta_path.is_file():
-        names = read_json(meta_path).get("class_names")
-    ipc = int(read_json(config_path).get("ipc", 1)) if config_path.is_file() else 1
+        names = read_json_object(meta_path, "an artifact description").get("class_names")
+    ipc = read_json_object(config_path, "a run configuration").get("ipc", 1) if config_path.is_file() else 1
+    if not isinstance(ipc, int) or ipc <= 0:
+        raise LgmError(f"{config_path}: ipc must be a positive integer, got {ipc!r}")
     n = snaps[0][1].shape[0]
     if names is None:
         names = [f"class {c}" for c in range(max(1, n // ipc))]

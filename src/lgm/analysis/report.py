@@ -67,11 +67,13 @@ def pct(summary_or_value) -> str:
     return f"{summary_or_value * 100:.1f}"
 
 
-def read_json_or_none(path: Path):
+def read_json_or_none(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object (every file lgm writes is)."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else None
+    except (OSError, ValueError):  # ValueError: torn JSON or non-UTF-8 bytes
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def loss_curve_png(metrics: list[dict]) -> bytes | None:
@@ -168,13 +170,9 @@ def run_page(run: Path, cfg: ReportConfig) -> tuple[str, dict]:
         raise LgmError(f"{run} holds neither a distilled artifact nor a config.json: not a run directory")
     meta = artifact.meta if artifact else {}
     config = config or {}
-    metrics = []
-    if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    from lgm.rundir import RunDir
+
+    metrics = RunDir(run_dir).read_metrics()  # every valid line (a torn one, as a killed run leaves, skipped)
     title = f"{run_dir.name}: {meta.get('dataset', config.get('dataset', '?'))} on " \
             f"{meta.get('backbone', config.get('backbone', '?'))}"
     sections: dict[str, str] = {}

@@ -44,7 +44,7 @@ from lgm.data.idx import FASHION_FILES, _find, fashion_mnist_dirs, load_fashion_
 from lgm.data.images import BAD_IMAGE_CHOICES, BadImage, BadImageError, FileSplit, check_on_bad_image
 from lgm.data.offline import load_digits, load_mnist5k, mnist5k_path
 from lgm.data.sources import scheme_of
-from lgm.errors import UnknownNameError
+from lgm.errors import MissingResourceError, UnknownNameError
 from lgm.registry import Registry
 
 __all__ = [
@@ -155,6 +155,10 @@ def load_dataset(name: str, data_root: str | None = None, on_bad_image: str = "f
         check_dataset_name(name)
         loader = DATASETS.get(name)
         root = resolve_data_root(data_root)
+        if root is not None and not Path(root).expanduser().is_dir():
+            source = "--data-root" if data_root else f"${DATA_ROOT_ENV}"
+            raise MissingResourceError(f"{source} {root} is not a directory; give the directory that holds the "
+                                       "datasets (see `lgm datasets`)")
         # Loaders registered with the original one-argument signature keep working.
         if "on_bad_image" in inspect.signature(loader).parameters:
             ds = loader(root, on_bad_image=on_bad_image)

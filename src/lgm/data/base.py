@@ -115,6 +115,9 @@ class ImageDataset:
         return out
 
     def check(self) -> None:
+        if self.num_classes < 2:
+            raise DatasetError(f"{self.name}: {self.num_classes} class(es) ({', '.join(self.class_names)}); "
+                               "distillation and linear probes need at least 2 classes")
         dupes = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
         if dupes:
             raise DatasetError(f"{self.name}: duplicate class names: {', '.join(dupes)} (labels would be ambiguous)")
