@@ -10,6 +10,7 @@ import tyro
 
 from lgm.analysis.ablate import AblateConfig
 from lgm.analysis.alignment import AlignConfig
+from lgm.analysis.ceiling import CeilingConfig
 from lgm.analysis.neighbors import NeighborsConfig
 from lgm.analysis.pca import PcaConfig
 from lgm.analysis.report import ReportConfig
@@ -206,6 +207,10 @@ def _run(cmd) -> int:
         from lgm.baselines import make_baselines
 
         make_baselines(cmd)
+    elif isinstance(cmd, CeilingConfig):
+        from lgm.analysis.ceiling import run_ceiling
+
+        run_ceiling(cmd)
     elif isinstance(cmd, DemoConfig):
         from lgm.demo import run_demo
 
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": ExportCommand,
             "report": ReportCommand,
             "ablate": AblateConfig,
+            "ceiling": CeilingConfig,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,
