@@ -11,8 +11,8 @@ import tyro
 from lgm.analysis.ablate import AblateConfig
 from lgm.analysis.report import ReportConfig
 from lgm.analysis.transfer import AlignmentVsTransferCommand
-from lgm.command_configs import (AlignConfig, BaselineConfig, CacheFeaturesConfig, DemoConfig, EvalConfig,
-                                 NeighborsConfig, PcaConfig)
+from lgm.command_configs import (AlignConfig, BaselineConfig, CacheFeaturesConfig, CeilingConfig, DemoConfig,
+                                 EvalConfig, NeighborsConfig, PcaConfig)
 from lgm.config import DistillConfig
 from lgm.errors import LgmError, UsageError
 
@@ -201,6 +201,10 @@ def _run(cmd) -> int:
         from lgm.baselines import make_baselines
 
         make_baselines(cmd)
+    elif isinstance(cmd, CeilingConfig):
+        from lgm.analysis.ceiling import run_ceiling
+
+        run_ceiling(cmd)
     elif isinstance(cmd, DemoConfig):
         from lgm.demo import run_demo
 
@@ -274,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": ExportCommand,
             "report": ReportCommand,
             "ablate": AblateConfig,
+            "ceiling": CeilingConfig,
             "demo": DemoConfig,
             "backbones": ListBackbones,
             "datasets": ListDatasets,

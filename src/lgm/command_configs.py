@@ -29,9 +29,12 @@ class EvalConfig(BackboneFlags):
     repeats: int = 5
     """Probe seeds (each draws its own augmented views)."""
     protocol: Literal["spec", "authors"] = "spec"
-    """spec: validation early stopping, noise augmentation; authors: no noise, last epoch."""
-    views: int = 100
-    """Augmented views per training image in the probe's view pool."""
+    """spec: SPEC §6 (validation early stopping, noise augmentation); authors: their evaluation loop
+    (lr 0.001*min(100, N)/256, N(0, 0.01^2) head, per-epoch cosine, unclamped crops, no noise, a fresh view
+    every epoch, last epoch)."""
+    views: int = 0
+    """Augmented views per training image in the probe's view pool (0 = the protocol's: spec 100; authors
+    --epochs, a fresh view every epoch)."""
     epochs: int = 1000
     """Maximum probe epochs."""
     res: int = 0
@@ -269,3 +272,59 @@ class DemoConfig:
     """Directory holding fashion-mnist/ (default: $LGM_DATA_ROOT, then the Debian package's location)."""
     progress: bool = True
     """Show progress bars."""
+
+
+CeilingInit = Literal["real", "means", "noise"]
+
+
+@dataclass(frozen=True)
+class CeilingConfig(BackboneFlags):
+    """The feature-space ceiling for a dataset and backbone: C·ipc free feature vectors optimized with the meta
+    loss against the full real gradient, then probed on the real test features (ceiling.json, ceiling.md)."""
+
+    dataset: str
+    """Dataset name (see `lgm datasets`)."""
+    backbone: str
+    """Backbone name (see `lgm backbones`)."""
+    ipc: int = 1
+    """Points per class."""
+    steps: int = 2000
+    """Adam steps on the points (one random head each)."""
+    lr: float = 0.01
+    """Adam learning rate, in units of the real features' standard deviation."""
+    head_init: Literal["normal001", "normal1", "torch"] = "normal001"
+    """Random head per step, as `lgm distill --head-init`."""
+    init: CeilingInit = "real"
+    """Start: ipc seeded random real rows per class (real, like `lgm distill --init real`), the class means, or noise."""
+    seed: int = 0
+    """Seed of the start, the heads, and the --per-class selection."""
+    per_class: int = 0
+    """Real rows of the gradient: 0 = every training image outside the validation split; N = the seeded subset
+    of N per class that `lgm distill --cache-per-class N --seed S` caches (the demo: 1000)."""
+    res: int = 256
+    """Resolution the real images are loaded at (the distillation's --res)."""
+    crop: int = 224
+    """Center crop fed to the backbone (the distillation's --crop; with --res equal to it, the features of
+    `--real-aug none`)."""
+    repeats: int = 5
+    """Probe seeds."""
+    protocol: Literal["spec", "authors"] = "spec"
+    """Probe protocol (as `lgm eval`), on one fixed view per point."""
+    epochs: int = 1000
+    """Maximum probe epochs."""
+    val_per_class: int = 100
+    """Validation images per class for the probe's early stopping (as `lgm eval`)."""
+    eval_heads: int = 64
+    """Held-out random heads on which every set's meta loss is reported (0 = skip)."""
+    full: bool = True
+    """Also train the full-dataset probe on the same real rows (the reference the ceiling is a share of)."""
+    out: str = "runs/ceiling"
+    """Directory receiving ceiling.json, ceiling.md and ceiling_features.safetensors."""
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    """Root of the feature store (default: $LGM_CACHE_DIR, else ~/.cache/lgm)."""
+    cache: bool = True
+    """Store and reuse the real, test and validation features (--no-cache recomputes)."""
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    """Unreadable/corrupt image files: stop naming them, or skip them with a warning."""

@@ -30,6 +30,13 @@ from lgm.command_configs import EvalConfig  # noqa: F401  (re-exported)
 FULL_PROBE = ProbeConfig(epochs=100, batch=128, lr=5e-4, views=1, patience=10)
 
 
+def full_probe(protocol: str) -> ProbeConfig:
+    """The full-dataset probe of a protocol. ``authors``: their full_dataset.py loop (batch 128, so
+    lr 0.001 * 128 / 256 = 5e-4; 100 epochs; N(0, 0.01^2) head; last epoch), on fixed center-view features
+    (they augment every epoch, a backbone pass over the whole training set per epoch)."""
+    return FULL_PROBE if protocol == "spec" else ProbeConfig.named(protocol, epochs=100, batch=128, views=1)
+
+
 def validation_split(labels: torch.Tensor, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic stratified (train, val) index split of a training set: ``per_class`` val images per class."""
     val = torch.sort(stratified_indices(labels, per_class, torch.Generator().manual_seed(seed))).values
@@ -96,9 +103,13 @@ class EvalContext:
                    test_groups=None if ds.test.groups is None else ds.test.groups.cpu(),
                    group_names=ds.meta.get("group_names"), store=store)
 
-    def protocol(self) -> dict:
-        return dataclasses.asdict(self.probe) | {
-            "lr_resolved": self.probe.learning_rate,
+    def protocol(self, n: int | None = None) -> dict:
+        """The probe protocol spelled out (with ``n``, the learning rate resolved for ``n`` training images)."""
+        depends_on_n = self.probe.protocol == "authors" and not self.probe.lr
+        lr = {"lr_rule": self.probe.lr_rule}
+        if n or not depends_on_n:
+            lr["lr_resolved"] = self.probe.learning_rate(n or self.probe.batch)
+        return dataclasses.asdict(self.probe) | lr | {
             "test_transform": f"resize to {self.res}, center crop {self.crop}",
             "selection": (f"early stopping on {len(self.val_labels)} validation images (never the test split)"
                           if self.probe.patience else "last epoch"),
@@ -223,7 +234,7 @@ def evaluate_artifact(artifact: DistilledSet, cfg: EvalConfig, where: str = "art
         scores = ctx.score_images(images, artifact.labels, list(range(cfg.repeats)))
         log(f"{where} on {name}: top-1 {scores['top1']['mean'] * 100:.1f} ± {scores['top1']['std'] * 100:.1f}, "
             f"1-NN {scores['nn1'] * 100:.1f}")
-        results[name] = scores | {"protocol": ctx.protocol(), "dataset": ds.name, "images": int(len(images)),
+        results[name] = scores | {"protocol": ctx.protocol(len(images)), "dataset": ds.name, "images": int(len(images)),
                                   "random_init_backbone": bool(bb.random_init),
                                   "weights": weights_label(bb)}
     return results
@@ -246,17 +257,18 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
     for spec in specs:
         name = spec.name
         bb = spec.load(device)
-        ctx = EvalContext.build(ds, bb, res, crop, device, FULL_PROBE, cfg.val_per_class, store=store)
+        probe_cfg = full_probe(cfg.protocol)
+        ctx = EvalContext.build(ds, bb, res, crop, device, probe_cfg, cfg.val_per_class, store=store)
         feats = stored_split_features(ds, "train", ctx.train_index, bb, res, crop, device, store)
         labels = ds.train.labels[ctx.train_index]
-        probe = train_probes(feats, labels, ds.num_classes, FULL_PROBE, list(range(cfg.repeats)),
+        probe = train_probes(feats, labels, ds.num_classes, probe_cfg, list(range(cfg.repeats)),
                              val=(ctx.val_features, ctx.val_labels))
         top1 = topk(probe, ctx.test_features, ctx.test_labels, 1).tolist()
         top5 = topk(probe, ctx.test_features, ctx.test_labels, 5).tolist()
         nn1 = nearest_neighbor_top1(feats, labels, ctx.test_features, ctx.test_labels)
         log(f"{where} on {name}: top-1 {statistics.fmean(top1) * 100:.1f}, 1-NN {nn1 * 100:.1f}")
         results[name] = {"top1": summary(top1), "top5": summary(top5), "nn1": nn1, "epochs": probe.epoch.tolist(),
-                         "protocol": ctx.protocol() | {"views": "1 center view per image"}, "dataset": ds.name,
+                         "protocol": ctx.protocol(len(labels)) | {"views": "1 center view per image"}, "dataset": ds.name,
                          "images": int(len(labels)), "random_init_backbone": bool(bb.random_init),
                          "weights": weights_label(bb)}
     if not results:

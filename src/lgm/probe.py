@@ -8,6 +8,12 @@ protocol's per-epoch augmentation, without a backbone pass per epoch). Early
 stopping watches a validation split carved from the real *training* set; the
 test split is only ever scored.
 
+The ``authors`` protocol is the authors' evaluation loop: head W ~ N(0, 0.01^2),
+b = 0; lr = 0.001 * min(batch, N) / 256 for N training images; cosine decay
+stepped once per epoch; flip + unclamped random-resized crop, no noise; a fresh
+view every epoch (the pool holds ``epochs`` views, epoch e trains on view e);
+the last epoch is kept. Their fp16 autocast is not reproduced (fp32 here).
+
 Repeats (one seed each) are trained together as one batched model: their
 parameters are stacked (R x C x f) and each repeat draws its own views and
 batch order from its own generator, so repeat r equals a separate run with
@@ -17,6 +23,7 @@ apart).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -34,36 +41,61 @@ ProtocolName = Literal["spec", "authors"]
 @dataclass(frozen=True)
 class ProbeConfig:
     """Probe protocol. ``spec`` (default): SPEC §6 with validation early stopping.
-    ``authors``: the authors' code (no noise augmentation, last epoch, no selection)."""
+    ``authors``: the authors' evaluation code (see the module docstring); build it with ``named``."""
 
     protocol: ProtocolName = "spec"
     epochs: int = 1000
     """Maximum epochs (cosine decay spans all of them)."""
     batch: int = 100
     lr: float = 0.0
-    """0 = 0.001 * batch / 256 (the paper's rule)."""
+    """0 = the protocol's rule: 0.001 * batch / 256 (spec), 0.001 * min(batch, N) / 256 (authors)."""
     patience: int = 50
     """Stop after this many epochs without a better validation top-1 (0 = never; keep the last epoch)."""
     views: int = 100
-    """Pool of augmented views per training image; each epoch draws one per image."""
+    """Pool of augmented views per training image."""
     weight_decay: float = 0.0
+    view_order: Literal["random", "sequential"] = "random"
+    """random: each epoch draws one view per image from the pool; sequential: epoch e takes view e mod views
+    (with views = epochs, a fresh view every epoch, as the authors' loop augments every batch anew)."""
+    head_init: Literal["zeros", "normal001"] = "zeros"
+    """Initial head: zeros, or W ~ N(0, 0.01^2) from the repeat's generator and b = 0 (the authors')."""
+    schedule: Literal["step", "epoch"] = "step"
+    """Cosine decay per optimizer step, or per epoch (the authors' CosineAnnealingLR stepped once an epoch)."""
+    clamp_crop: bool = True
+    """Crop boxes clamped to the image; False: the authors' crop (boxes may exceed it, zero-padded)."""
+    noise: bool = True
+    """Gaussian noise on the training views (SPEC §4); the authors' evaluation has none."""
 
     @classmethod
     def named(cls, protocol: ProtocolName, **overrides) -> "ProbeConfig":
+        """The protocol's settings, with ``overrides``; ``views=0`` means the protocol's own (authors: epochs)."""
         if protocol == "spec":
-            return cls(**overrides)
+            cfg = cls(**overrides)
+            return cfg if cfg.views else dataclasses.replace(cfg, views=cls.views)
         if protocol == "authors":
-            return cls(protocol="authors", patience=0, **overrides)
+            cfg = cls(**({"protocol": "authors", "patience": 0, "views": 0, "view_order": "sequential",
+                          "head_init": "normal001",
+                          "schedule": "epoch", "clamp_crop": False, "noise": False} | overrides))
+            return cfg if cfg.views else dataclasses.replace(cfg, views=cfg.epochs)
         raise ValueError(f"unknown probe protocol {protocol!r}; choose spec or authors")
 
+    def learning_rate(self, n: int) -> float:
+        """The learning rate for a training set of ``n`` images."""
+        if self.lr:
+            return self.lr
+        # The authors' loader batch is min(100, N), and their linear scaling rule reads that batch size.
+        batch = min(self.batch, n) if self.protocol == "authors" else self.batch
+        return 1e-3 * batch / 256
+
     @property
-    def learning_rate(self) -> float:
-        return self.lr or 1e-3 * self.batch / 256
+    def lr_rule(self) -> str:
+        if self.lr:
+            return f"{self.lr:g} (fixed)"
+        return f"0.001 * min({self.batch}, N) / 256" if self.protocol == "authors" else f"0.001 * {self.batch} / 256"
 
     @property
     def augmentation(self) -> AugmentConfig:
-        # The authors' evaluation code applies flip + crop but no noise.
-        return AugmentConfig(noise_std=0.0) if self.protocol == "authors" else AugmentConfig()
+        return AugmentConfig(clamp_crop=self.clamp_crop, noise_std=AugmentConfig.noise_std if self.noise else 0.0)
 
 
 @dataclass
@@ -136,14 +168,29 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
         raise ValueError(f"pool holds {n} images but labels have shape {tuple(labels.shape)}")
     if not torch.isfinite(pool).all():
         raise ValueError("probe features contain NaN or infinite values")
+    if cfg.view_order not in ("random", "sequential") or cfg.schedule not in ("step", "epoch"):
+        raise ValueError(f"unknown probe view order {cfg.view_order!r} or schedule {cfg.schedule!r}")
     reps = len(seeds)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    w = torch.zeros(reps, num_classes, dim, requires_grad=True)
+    if cfg.head_init == "normal001":
+        # Drawn before anything else from each repeat's generator (a repeat still equals its own run).
+        w = torch.stack([torch.randn(num_classes, dim, generator=g) * 0.01 for g in gens])
+    elif cfg.head_init == "zeros":
+        w = torch.zeros(reps, num_classes, dim)
+    else:
+        raise ValueError(f"unknown probe head init {cfg.head_init!r}; choose zeros or normal001")
+    w.requires_grad_(True)
     b = torch.zeros(reps, num_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam([w, b], lr=cfg.learning_rate(n), weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch)
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_factor(s, total))
+    per_epoch = cfg.schedule == "epoch"
+
+    def factor(step: int) -> float:
+        return _cosine_factor(step // steps_per_epoch, cfg.epochs) if per_epoch else _cosine_factor(step, total)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sequential = cfg.view_order == "sequential"
     select = val is not None and cfg.patience > 0
     best_w, best_b = w.detach().clone(), b.detach().clone()
     best_acc = torch.full((reps,), -1.0)
@@ -153,7 +200,10 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
     for epoch in range(cfg.epochs):
         picks, orders = [], []
         for g in gens:
-            picks.append(torch.randint(views, (n,), generator=g) if views > 1 else torch.zeros(n, dtype=torch.long))
+            if sequential or views == 1:
+                picks.append(torch.full((n,), epoch % views, dtype=torch.long))
+            else:
+                picks.append(torch.randint(views, (n,), generator=g))
             orders.append(torch.randperm(n, generator=g))
         x_epoch = torch.stack([p[v, rows] for p, v in zip(pools, picks)])  # R x N x f
         order = torch.stack(orders)  # R x N

@@ -48,7 +48,8 @@ class AblateConfig:
     """Other backbones to evaluate on (the "avg cross" rows); none: same-model rows only."""
     repeats: int = 5
     """Probe seeds per evaluation."""
-    views: int = 100
+    views: int = 0
+    """Probe views per image (0 = the protocol's: spec 100, authors one fresh view per epoch)."""
     epochs: int = 1000
     val_per_class: int = 100
     protocol: Literal["spec", "authors"] = "spec"
