@@ -132,3 +132,20 @@ def test_joint_table_dry_run_commands_parse(tmp_path, monkeypatch):
     (summary,) = [c for c in commands if c[0] != "lgm"]
     assert Path(summary[1]).name == "joint_table_summary.py" and Path(summary[1]).is_file()
     assert summary[2] == str(tmp_path / "jt")
+
+
+def test_step_smoke_prints_lgm_over_floor(tmp_path):
+    out = run_script("step.py", "--smoke", "--out", str(tmp_path / "step.json"))
+    result = json.loads((tmp_path / "step.json").read_text())
+    assert set(result["modes"]) == {"cached", "live"}
+    printed = dict(zip(re.findall(r"lgm/floor\s+[\d.]+x \((\w+),", out), numbers(r"lgm/floor\s+([\d.]+)x", out)))
+    assert set(printed) == {"cached", "live"}
+    for mode, r in result["modes"].items():
+        assert len(r["step_s_all"]) == len(r["floor_s_all"]) == 3  # the smoke's steps, alternately timed
+        assert r["ratio"] == pytest.approx(r["step_s"] / r["floor_s"])
+        assert printed[mode] == pytest.approx(r["ratio"], abs=0.006)
+        assert math.isfinite(r["loss"]) and 0 <= r["loss"] <= 2  # a cosine distance
+        # The floor is the backbone work of the step alone: lgm's step counts at least its FLOPs.
+        assert 0 < r["floor_flops"] <= r["flops"]
+    # The live floor adds the real views' forward pass to the synthetic side's work.
+    assert result["modes"]["live"]["floor_flops"] > result["modes"]["cached"]["floor_flops"]
