@@ -149,3 +149,90 @@ def test_step_smoke_prints_lgm_over_floor(tmp_path):
         assert 0 < r["floor_flops"] <= r["flops"]
     # The live floor adds the real views' forward pass to the synthetic side's work.
     assert result["modes"]["live"]["floor_flops"] > result["modes"]["cached"]["floor_flops"]
+
+
+def gpu_check_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+def test_gpu_check_smoke(tmp_path):
+    out = run_script("gpu_check.py", "--smoke", "--out", str(tmp_path / "gc.json"))
+    report = json.loads((tmp_path / "gc.json").read_text())
+    rows = report["rows"]
+    assert report["smoke"] and not report["perturb"]
+    assert {r["section"] for r in rows} == {"environment", "correctness", "imagenet100", "live", "evaluation",
+                                            "compile", "projection"}
+    assert not [r for r in rows if r["status"] in ("FAIL", "error")], [r for r in rows if r["status"] != "info"]
+    checks = {(r["section"], r["check"]): r for r in rows}
+    verdicts = [r for r in rows if r["status"] == "pass"]
+    assert {r["check"] for r in verdicts} == {"portable step = distill_step (CPU)", "chunked = unchunked",
+                                              "fp32 1 thread vs all threads (smoke)", "bf16 step gradient vs fp32",
+                                              "compile = eager"}
+    step = checks[("imagenet100", "step time")]["data"]["seconds"]
+    assert step > 0 and len(checks[("imagenet100", "step time")]["data"]["all"]) == 2
+    assert checks[("imagenet100", "lgm/floor")]["data"]["ratio"] == pytest.approx(
+        step / checks[("imagenet100", "lgm/floor")]["data"]["floor_s"])
+    assert checks[("imagenet100", "largest A without --chunk")]["data"]["largest"] == 8  # the smoke's cap
+    assert checks[("live", "live step")]["data"]["streaming"] is True
+    assert checks[("live", "images/s vs demand")]["data"]["delivered"] > 0
+    assert checks[("evaluation", "probe")]["data"]["seconds"] > 0
+    assert checks[("projection", "ImageNet-100")]["data"]["seconds"] > 5000 * step  # the steps and more
+    # The printed table carries the same rows.
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    assert len(table) == len(rows)
+
+
+def test_gpu_check_catches_a_perturbed_step(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--perturb", "--sections",
+                           "correctness,compile", "--out", str(tmp_path / "gc.json")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    verdicts = [r for r in gpu_check_rows(tmp_path / "gc.json") if r["status"] in ("pass", "FAIL")]
+    assert len(verdicts) == 5
+    assert all(r["status"] == "FAIL" for r in verdicts), [(r["check"], r["result"]) for r in verdicts]
+
+
+def import_gpu_check():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(BENCH))
+    return gpu_check
+
+
+def test_gpu_check_time_guard_stops_a_section_and_the_run_goes_on():
+    import time
+
+    gc = import_gpu_check()
+    report = gc.Report(deadline=time.monotonic() + 60)
+    report.run_section("slow", 0.3, 1, lambda: time.sleep(5))
+    report.run_section("next", 5, 0, lambda: report.add("next", "ran", "yes"))
+    (stopped,) = [r for r in report.rows if r["section"] == "slow"]
+    assert stopped["status"] == "error" and "time guard" in stopped["result"]
+    assert report.shared["section_seconds"]["slow"] < 2
+    assert [r["check"] for r in report.rows if r["section"] == "next"] == ["ran"]
+
+
+def test_gpu_check_records_a_failing_check_and_continues():
+    import time
+
+    gc = import_gpu_check()
+    report = gc.Report(deadline=time.monotonic() + 60)
+
+    def section():
+        with report.attempt("s", "broken"):
+            raise RuntimeError("boom")
+        report.add("s", "after", "ran")
+
+    report.run_section("s", 10, 0, section)
+    assert [(r["check"], r["status"]) for r in report.rows] == [("broken", "error"), ("after", "info")]
+    assert "boom" in report.rows[0]["result"] and report.failed() == [report.rows[0]]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_check_full_mode_without_cuda_says_so():
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "--smoke" in proc.stderr
