@@ -608,7 +608,7 @@ class GpuCheck:
             r.add(sec, "lgm/floor", f"floor {floor_s * 1000:.1f} ms (synthetic forward + backward to the input)"
                   + ratio, floor_s=floor_s, ratio=step_s / floor_s if step_s else None)
             del floor
-        self.largest_augs(w, bb, cfg)
+        self.largest_augs(w, bb, dataclasses.replace(cfg, chunk=0))
 
     def largest_augs(self, w: Workload, bb, cfg) -> None:
         """The largest A whose step fits without --chunk: doubling from the target's A, then bisection."""
