@@ -462,6 +462,11 @@ class GpuCheck:
             r.shared["matmul_rate"], r.shared["matmul_dtype"] = rate, str(dtype)[6:]
             r.add("environment", "matmul rate", f"{fmt_rate(rate)} ({str(dtype)[6:]}, {self.s.matmul}^2, this run)",
                   flops_per_s=rate)
+        with self.report.attempt("environment", "backbone"):
+            t0 = time.perf_counter()
+            bb = self.backbone()
+            r.add("environment", "backbone", f"{self.s.backbone} (random init, {bb.feature_dim}-d features) built "
+                  f"in {time.perf_counter() - t0:.1f} s")
 
     # ------------------------------------------------------------------------------------------ 1. correctness
 
@@ -944,6 +949,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"comma list of sections to run (default: all: {','.join(SECTIONS)})")
     ap.add_argument("--budget", type=float, default=0, help="seconds for the whole run (default 570; smoke 240)")
     ap.add_argument("--device", default="cuda", help="the device under test in full mode (default cuda)")
+    ap.add_argument("--backbone", help="override the backbone (default dinov2_vitb14; smoke: toy_cnn), e.g. a small "
+                    "ViT with --smoke to run the ViT path on a CPU")
     ap.add_argument("--perturb", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -951,6 +958,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = SMOKE if args.smoke else FULL
+    if args.backbone:
+        settings = dataclasses.replace(settings, backbone=args.backbone)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
