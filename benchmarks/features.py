@@ -9,6 +9,7 @@ with whole batches, and lgm's default for convnets (channels-last, CPU batches
 split to about ``CPU_BATCH_PIXELS`` input pixels).
 
     .venv/bin/python benchmarks/features.py [--backbone effnet_lite0 --res 128 --threads 2]
+    python benchmarks/features.py --smoke          # seconds: toy backbone, 32 px, small batches
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--smoke", action="store_true", help="toy backbone, 32 px, batches 4 and 8 (the test suite)")
     args = ap.parse_args()
+    if args.smoke:
+        args.backbone, args.res, args.batches, args.repeats, args.device = "toy_cnn", 32, "4,8", 1, "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
 

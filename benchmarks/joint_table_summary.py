@@ -1,6 +1,7 @@
 """The README's joint-vs-single table from what benchmarks/joint_table.sh wrote.
 
     .venv/bin/python benchmarks/joint_table_summary.py [runs/joint-table]
+    python benchmarks/joint_table_summary.py --smoke    # seconds: the table of toy inputs made by lgm itself
 
 Reads OUT/matrix/crossmodel.json (every distilled set on every evaluating
 backbone) and OUT/baselines-<backbone>/eval/crossmodel.json (the real
@@ -16,6 +17,7 @@ import argparse
 import json
 import re
 import statistics
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,8 +32,51 @@ def cell(values: list[float], bold: bool = False) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default="runs/joint-table")
+    ap.add_argument("--smoke", action="store_true",
+                    help="summarize what lgm's crossmodel writes for toy sets (toy backbone, tiny data; the tests)")
     args = ap.parse_args()
-    out = Path(args.out)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(summarize(smoke_inputs(Path(tmp))))
+    else:
+        print(summarize(Path(args.out)))
+
+
+def smoke_inputs(root: Path) -> Path:
+    """What joint_table.sh leaves in OUT, at toy sizes: sets named as it names them, lgm's own crossmodel files.
+
+    The "sets" are random real selections labelled as single and joint runs of 2 seeds; they are evaluated on
+    the toy backbone by ``crossmodel_matrix``, the baselines are ``make_baselines`` of the toy backbone.
+    """
+    import _smoke
+
+    from lgm.artifacts import DistilledSet
+    from lgm.baselines import BaselineConfig, make_baselines, random_indices
+    from lgm.data import load_dataset
+    from lgm.evaluate import EvalConfig, crossmodel_matrix
+
+    data_root, bb = _smoke.fashion_fixture(root / "data"), _smoke.BACKBONE
+    ds = load_dataset("fashion-mnist", data_root)
+    out = root / "joint-table"
+    sources = []
+    for seed in (0, 1):
+        for name, with_ in (("single", bb), ("joint-all", [bb, "other_backbone"])):
+            idx = random_indices(ds.train.labels, 1, seed=seed)
+            art = DistilledSet(ds.train.load(idx, 16), ds.train.labels[idx], list(ds.class_names),
+                               {"dataset": ds.name, "backbone": with_, "config": {"res": 16, "crop": 16}})
+            sources.append(str(art.save(out / f"{name}_s{seed}" / "distilled").parent))
+    cfg = EvalConfig(backbone=(bb,), repeats=1, views=2, epochs=5, val_per_class=2, device="cpu",
+                     data_root=data_root, cache_dir=str(root / "cache"))
+    crossmodel_matrix(tuple(sources), cfg, out / "matrix", log=lambda m: None)
+    baselines = make_baselines(BaselineConfig(dataset="fashion-mnist", backbone=bb, res=16, crop=16, random_seeds=2,
+                                              val_per_class=2, device="cpu", data_root=data_root,
+                                              cache_dir=str(root / "cache"), out=str(out / f"baselines-{bb}")))
+    chosen = tuple(str(p.parent) for name, p in baselines.items() if name != "full")
+    crossmodel_matrix(chosen, cfg, out / f"baselines-{bb}" / "eval", log=lambda m: None)
+    return out
+
+
+def summarize(out: Path) -> str:
     matrix = json.loads((out / "matrix" / "crossmodel.json").read_text())
     backbones = matrix["backbones"]
     sets: dict[str, dict] = defaultdict(lambda: {"seeds": [], "top1": defaultdict(list), "mean": [], "with": []})
@@ -60,7 +105,8 @@ def main() -> None:
             baseline_cells[kind].append(cell(values) if values else "")
     lines.append("| centroids (chosen on the evaluating backbone) | | " + " | ".join(baseline_cells["centroids"]) + " | |")
     lines.append("| random real (5 selections, mean ± std) | | " + " | ".join(baseline_cells["random"]) + " | |")
-    print("\n".join(lines))
+    return "\n".join(lines)
+
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ views of the synthetic set, C classes); the table at the end gives the loader
 time per step for a few (ipc, A, C).
 
     python benchmarks/loader.py [--classes 10 --per-class 40 --res 256 --workers 2 --device cpu]
+    python benchmarks/loader.py --smoke       # seconds: 2 classes x 4 JPEGs, 32 px, CPU
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="images per batch (default: ipc*A*C = 1*10*10)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dir", default=None, help="write the JPEGs here instead of a temporary directory")
+    ap.add_argument("--smoke", action="store_true", help="2 classes x 4 JPEGs at 32 px on the CPU (the test suite)")
     args = ap.parse_args()
+    if args.smoke:
+        args.classes, args.per_class, args.res, args.workers, args.batch, args.device = 2, 4, 32, 2, 8, "cpu"
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir or tmp) / "jpegs"
