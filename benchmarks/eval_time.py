@@ -33,7 +33,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from lgm.artifacts import DistilledSet
-    from lgm.baselines import random_indices
+    from lgm.selection import random_indices
     from lgm.data import load_dataset
     from lgm.evaluate import EvalConfig, evaluate_artifact
 

@@ -271,7 +271,8 @@ def portable_step(syn, syn_labels, num_classes, backbone, real, optimizer, gens,
     live on the device of ``syn_labels``. On the CPU this is ``distill_step``
     itself (the correctness section checks that it is, bit for bit).
     """
-    from lgm.distillation import real_batch_size, synthetic_backward
+    from lgm.real_side import real_batch_size
+    from lgm.synthetic_side import synthetic_backward
     from lgm.matching import sample_head
 
     device = syn_labels.device
@@ -305,7 +306,8 @@ class StepRunner:
     def __init__(self, w: Workload, backbone, device: torch.device, cfg, real=None, portable: bool = False,
                  perturb: bool = False, seed: int = 0) -> None:
         from lgm.augment import ViewAugmenter
-        from lgm.distillation import Generators, autocast_context, make_optimizer
+        from lgm.devices import autocast_context
+        from lgm.distillation import Generators, make_optimizer
         from lgm.features import CachedReal
 
         self.w, self.backbone, self.device, self.cfg, self.portable = w, backbone, device, cfg, portable
@@ -672,7 +674,7 @@ class GpuCheck:
         from lgm.augment import AugmentConfig
         from lgm.data import load_dataset
         from lgm.data.loader import BatchLoader
-        from lgm.distillation import autocast_context
+        from lgm.devices import autocast_context
         from lgm.features import LiveReal
 
         r, lv, sec, d = self.report, self.s.live, "live", self.device

@@ -51,7 +51,8 @@ def smoke_inputs(root: Path) -> Path:
     import _smoke
 
     from lgm.artifacts import DistilledSet
-    from lgm.baselines import BaselineConfig, make_baselines, random_indices
+    from lgm.baselines import BaselineConfig, make_baselines
+    from lgm.selection import random_indices
     from lgm.data import load_dataset
     from lgm.evaluate import EvalConfig, crossmodel_matrix
 

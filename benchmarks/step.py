@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
 
     from lgm.backbones import load_backbone
     from lgm.config import DistillConfig
-    from lgm.distillation import autocast_context, resolve_device, speed_up_backbone
+    from lgm.devices import autocast_context, resolve_device
+    from lgm.distillation import speed_up_backbone
 
     device = resolve_device(args.device)
     cfg = DistillConfig(dataset="bench", backbone=args.backbone, ipc=args.ipc, augs=args.augs, res=args.res,
