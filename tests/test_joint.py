@@ -394,3 +394,16 @@ def test_live_real_side_draws_one_batch_for_every_backbone(fashion_root):
     other = LiveReal(ds.train, 16, 14, aug, bbs[1], cpu, _null()).gradient(
         *heads[1], 60, torch.Generator().manual_seed(9), torch.Generator().manual_seed(2))
     assert not torch.allclose(other, got[1])  # another batch gives another gradient
+
+
+def test_a_joint_artifact_records_each_backbone_for_later_commands():
+    from lgm.backbone_spec import BackboneFlags, recorded_specs
+    from lgm.distillation import joint_meta
+
+    a, b = toy_variant("toy_a"), toy_variant("toy_b", dim=16, seed=1)
+    b.normalization = "imagenet"
+    cfg = DistillConfig(dataset="fashion-mnist", backbone=("toy_a", "toy_b"))
+    rec = recorded_specs(joint_meta([a, b], cfg))
+    assert sorted(rec) == ["toy_a", "toy_b"]
+    spec = BackboneFlags().spec_for("toy_b", rec)
+    assert (spec.random_init, spec.normalization) == (True, "imagenet")

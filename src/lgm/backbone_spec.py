@@ -51,9 +51,8 @@ def recorded_specs(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     out: dict[str, dict[str, Any]] = {}
-    joint = meta.get("joint")
-    if isinstance(joint, dict) and isinstance(joint.get("backbones"), list):
-        for e in joint["backbones"]:
+    if isinstance(meta.get("backbones"), list):  # a joint set: one entry per backbone (lgm.joint.JointSummary)
+        for e in meta["backbones"]:
             if isinstance(e, dict) and isinstance(e.get("name"), str):
                 rec = {"random_init": bool(e.get("random_init", False)),
                        "normalization": e.get("normalization", config.get("normalization", "native"))}
@@ -99,7 +98,7 @@ class BackboneFlags:
                 candidates = [own] if own in names else names
                 if len(candidates) != 1:
                     raise UsageError(f"--weights {entry}: {len(names)} backbones are in play ({', '.join(names)}); "
-                                   "say which one it is for with --weights NAME=PATH")
+                                     "say which one it is for with --weights NAME=PATH")
                 target = candidates[0]
             if target in out:
                 raise UsageError(f"--weights gives two files for {target}: {out[target]} and {path}")
