@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from lgm.data.idx import write_idx
+from lgm.data.idx import write_band_fashion_mnist
 
 
 def write_fashion_fixture(root: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
     """IDX files under root/fashion-mnist: class c is a bright horizontal band at rows 2c..2c+8."""
-    d = root / "fashion-mnist"
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
-        for i in range(n):
-            x[i, 2 * y[i]: 2 * y[i] + 8, :] = 220
-        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x)
-        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y)
-    return root
+    return write_band_fashion_mnist(root, n_train, n_test, seed)
 
 
 @pytest.fixture(autouse=True)

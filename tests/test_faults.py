@@ -32,6 +32,7 @@ from lgm.locks import DirectoryInUseError, exclusive
 from lgm.real_cache import CacheFeaturesConfig, RealFeatureCache, build_real_cache
 from lgm.rundir import RunDir
 from tests.conftest import TINY
+from tests.test_distill import StopAfter
 
 CPU = torch.device("cpu")
 
@@ -67,29 +68,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-class StopAt(lgm.rundir.StopSignals):
-    """Pretends SIGTERM arrived once the loop has asked ``n`` times."""
-
-    n = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._asked = 0
-
-    @property
-    def signal(self):
-        self._asked += 1
-        return signal.SIGTERM if self._asked > self.n else None
-
-    @signal.setter
-    def signal(self, value):
-        pass
-
-
 def interrupted_run(root: Path, out: Path, monkeypatch, stop_after: int = 12, **kw) -> RunDir:
-    StopAt.n = stop_after
+    StopAfter.n = stop_after
     with monkeypatch.context() as m:
-        m.setattr(lgm.distillation, "StopSignals", StopAt)
+        m.setattr(lgm.distillation, "StopSignals", StopAfter)
         with pytest.raises(lgm.rundir.Interrupted):
             run_tiny(root, out, steps=20, **kw)
     return RunDir(out)

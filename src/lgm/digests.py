@@ -1,4 +1,4 @@
-"""Content digests of files lgm is handed (weights), memoized so that each file is read once per process."""
+"""Content digests of files: plain (integrity checks read the bytes every time) and memoized for weights."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from pathlib import Path
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _file_sha256(f: Path) -> str:
+    # Weights are read once per process: a file of the same size and mtime is taken to be unchanged.
     st = f.stat()
     key = (str(f), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = file_sha256(f)
     return _DIGESTS[key]
 
 

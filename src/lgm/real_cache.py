@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lgm.artifacts import atomic_write_json, file_digest, read_json_object
+from lgm.artifacts import atomic_write_json, read_json_object
 from lgm.augment import augment, block_seed
 from lgm.backbones import Backbone
 from lgm.data import ImageDataset, stratified_indices
+from lgm.digests import file_sha256, weights_sha256
 from lgm.errors import CorruptFileError, LgmError
 from lgm.feature_store import cache_root, key_hash
 from lgm.locks import LOCK_FILE, exclusive
@@ -70,8 +71,6 @@ def weights_identity(weights: str | None, random_init: bool) -> str:
     path = Path(weights)
     if not path.exists():
         return f"file:{path}"
-    from lgm.digests import weights_sha256
-
     return f"sha256:{weights_sha256(path)[:16]}"
 
 
@@ -185,7 +184,7 @@ def verify_files(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> No
     """Check the SHA-256 that meta.json records for each of ``names`` (caches built before checksums: none)."""
     digests = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
     for name in names:
-        if name in digests and file_digest(path / name) != digests[name]:
+        if name in digests and file_sha256(path / name) != digests[name]:
             raise CorruptFileError(f"{path / name} is corrupt: its content does not match the checksum in "
                                    f"{path / META}; delete {path} and re-run `lgm cache-features`")
 
@@ -282,7 +281,7 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
         meta = {"id": cid, "key": key, "rows": cfg.views * n, "dim": dim, "dtype": "float16", "images": n,
                 "chunk_rows": cfg.batch, "chunks_total": len(chunks), "chunks_done": 0, "complete": False,
                 "lgm_version": __version__, "device": str(device),
-                "sha256": {name: file_digest(path / name) for name in (LABELS, INDICES)}}
+                "sha256": {name: file_sha256(path / name) for name in (LABELS, INDICES)}}
         atomic_write_json(meta_path, meta)
         start = 0
     aug = cfg.augment_config()
@@ -308,7 +307,7 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
         atomic_write_json(meta_path, meta)
     del mm
     sums = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
-    meta["sha256"] = {**sums, FEATURES: file_digest(path / FEATURES)}
+    meta["sha256"] = {**sums, FEATURES: file_sha256(path / FEATURES)}
     meta["complete"] = True
     atomic_write_json(meta_path, meta)
     log(f"real-feature cache complete: {path} ({cfg.views * n} rows x {dim}, fp16)")

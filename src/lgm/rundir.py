@@ -171,11 +171,6 @@ class RunDir:
         """Hold this run directory for the ``with`` block; a second process is refused at once."""
         return exclusive(self.path, "run directory", "wait for it to finish (or stop it), or use another --out")
 
-    def prepare(self, cfg: DistillConfig) -> None:
-        """Create the directory, or check that an existing one holds the same run."""
-        self.check(cfg)
-        self.create(cfg)
-
     def check(self, cfg: DistillConfig) -> None:
         """Refuse a directory that holds another run or other files; writes nothing."""
         config_path = self.path / self.CONFIG

@@ -88,7 +88,7 @@ def run_align(cfg: AlignConfig, log=None) -> dict:
         raise UsageError(f"--backbones lists a backbone twice: {' '.join(cfg.backbones)}")
     if cfg.k <= 0 or cfg.n <= 1 or cfg.crop > cfg.res:
         raise UsageError(f"need --k > 0, --n > 1 and --crop <= --res (got k={cfg.k}, n={cfg.n}, crop={cfg.crop}, "
-                       f"res={cfg.res})")
+                         f"res={cfg.res})")
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image)
     index = aligned_sample(ds.train.labels.cpu(), ds.num_classes, cfg.n, cfg.seed)

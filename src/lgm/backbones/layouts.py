@@ -152,6 +152,15 @@ _HF_DINOV2_RENAMES = [
 _HF_QKV = {"query": "q", "key": "k", "value": "v"}
 
 
+def _renamed(key: str, rules: list[tuple[str, str]]) -> str:
+    """``key`` rewritten by the first rule whose pattern matches it (unchanged when none does)."""
+    for pattern, new in rules:
+        key, n = re.subn(pattern, new, key)
+        if n:
+            break
+    return key
+
+
 def _from_hf_dinov2(state: dict[str, Tensor]) -> dict[str, Tensor]:
     official: dict[str, Tensor] = {}
     pieces: _Pieces = {}
@@ -160,11 +169,7 @@ def _from_hf_dinov2(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if m:
             pieces.setdefault((f"blocks.{m[1]}.attn.", m[3]), {})[_HF_QKV[m[2]]] = (k, v)
             continue
-        for pattern, new in _HF_DINOV2_RENAMES:
-            k, n = re.subn(pattern, new, k)
-            if n:
-                break
-        official[k] = v
+        official[_renamed(k, _HF_DINOV2_RENAMES)] = v
     _fuse_qkv(official, pieces)
     return _from_dinov2(official)
 
@@ -198,11 +203,7 @@ def _from_hf_clip(state: dict[str, Tensor]) -> dict[str, Tensor]:
         elif k == "embeddings.position_ids":
             continue  # the token indices, a buffer older transformers versions saved
         else:
-            for pattern, new in _HF_CLIP_RENAMES:
-                k, n = re.subn(pattern, new, k)
-                if n:
-                    break
-            out[k] = v
+            out[_renamed(k, _HF_CLIP_RENAMES)] = v
     _fuse_qkv(out, pieces)
     return out
 

@@ -95,3 +95,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(header + array.tobytes())
+
+
+def write_band_fashion_mnist(root: str | Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+    """A tiny stand-in Fashion-MNIST in its real IDX layout under ``root``/fashion-mnist; returns ``root``.
+
+    Class c is a bright horizontal band at rows 2c..2c+8 over noise: something probes and distillation can
+    learn in seconds (tests and the benchmarks' smoke modes).
+    """
+    d = Path(root) / "fashion-mnist"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for i in range(n):
+            x[i, 2 * y[i]: 2 * y[i] + 8, :] = 220
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return Path(root)
