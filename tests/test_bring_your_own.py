@@ -180,3 +180,44 @@ def test_a_wrong_file_for_effnet_or_opennsfw_is_a_message(tmp_path):
     bad.write_bytes(b"not an onnx graph at all")
     with pytest.raises(LgmError, match="not the open_nsfw ONNX graph"):
         load_backbone("opennsfw_resnet50", weights=str(bad))
+
+
+def test_a_joint_run_takes_a_file_per_backbone(fashion_root, weights_file, tmp_path, capsys):
+    """--weights NAME=PATH in a joint run: recorded per backbone and used (checked) by the later commands."""
+    data = ["--data-root", str(fashion_root)]
+    probe = ["--repeats", "1", "--views", "2", "--epochs", "3", "--val-per-class", "2", "--device", "cpu"]
+    r = tmp_path / "joint"
+    distill = ["distill", "--dataset", "fashion-mnist", "--backbone", f"{BB},toy_cnn", *data, "--steps", "2",
+               "--augs", "2", "--res", "32", "--crop", "32", "--no-progress", "--device", "cpu", "--out", str(r)]
+    capsys.readouterr()
+    assert main([*distill, "--weights", str(weights_file)]) == 2  # a bare path: which backbone is it for?
+    assert "--weights NAME=PATH" in capsys.readouterr().err and not r.exists()
+    assert main([*distill, "--weights", f"{BB}={tmp_path / 'missing.safetensors'}"]) == 1
+    assert "missing.safetensors" in capsys.readouterr().err and not r.exists()
+    run(*distill, "--weights", f"{BB}={weights_file}")
+    meta = json.loads((r / "distilled.json").read_text())
+    entries = {e["name"]: e for e in meta["backbones"]}
+    sha = weights_sha256(weights_file)
+    assert entries[BB]["weights_file"] == {"path": str(weights_file.resolve()), "sha256": sha}
+    assert "weights_file" not in entries["toy_cnn"]
+    assert recorded_specs(meta)[BB]["weights_file"]["sha256"] == sha
+
+    run("eval", str(r), "--backbone", BB, *data, *probe)  # the recorded file, found and checked, no --weights
+    assert json.loads((r / "eval.json").read_text())[f"{BB}/spec"]["weights"] == f"sha256:{sha[:16]}"
+    run("crossmodel", str(r), "--backbone", BB, "toy_cnn", "--out", str(tmp_path / "cm"), *data, *probe)
+    run(*distill, "--weights", f"{BB}={weights_file}")  # the same run again: finished, nothing redone
+
+
+def test_weights_have_one_normal_form_per_meaning():
+    from lgm.config import DistillConfig
+
+    single = DistillConfig(dataset="d", backbone="a", weights="/w/a.pt")
+    assert DistillConfig(dataset="d", backbone="a", weights=("/w/a.pt",)).hash() == single.hash()
+    assert DistillConfig(dataset="d", backbone="a", weights="a=/w/a.pt").weights == "/w/a.pt"
+    joint = DistillConfig(dataset="d", backbone=("a", "b"), weights=("b=/w/b.pt", "a=/w/a.pt"))
+    assert joint.weights == ("a=/w/a.pt", "b=/w/b.pt")  # --backbone order, whatever the flags' order
+    assert joint.hash() == DistillConfig(dataset="d", backbone="a,b", weights=["a=/w/a.pt", "b=/w/b.pt"]).hash()
+    assert (joint.weights_for("a"), joint.weights_for("b")) == ("/w/a.pt", "/w/b.pt")
+    partial = DistillConfig(dataset="d", backbone=("a", "b"), weights="b=/w/b.pt")
+    assert (partial.weights_for("a"), partial.weights_for("b")) == (None, "/w/b.pt")
+    assert DistillConfig(dataset="d", backbone=("a",), weights="/w/a.pt").weights_for("a") == "/w/a.pt"

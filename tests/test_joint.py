@@ -88,7 +88,9 @@ def test_joint_config_normal_form_and_round_trip():
     ({"backbone_weights": (1.0, float("nan"))}, r"must be finite and non-negative"),
     ({"backbone_weights": (0.0, 0.0)}, r"--backbone-weights must have a positive sum"),
     ({"backbone": ("toy_a", "toy_b", "toy_a")}, r"--backbone names toy_a more than once"),
-    ({"weights": "/some/file.safetensors"}, r"--weights names one file but 2 backbones"),
+    ({"weights": "/some/file.safetensors"}, r"--weights /some/file.safetensors: 2 backbones are given \(toy_a, "
+                                            r"toy_b\); say which one the file is for with --weights NAME=PATH"),
+    ({"weights": ("toy_a=/x", "toy_a=/y")}, r"--weights gives two files for toy_a"),
 ])
 def test_bad_joint_settings_are_explained_before_any_work(fashion_root, tmp_path, kw, message):
     cfg = DistillConfig(dataset="fashion-mnist", backbone=("toy_a", "toy_b"), **TINY)

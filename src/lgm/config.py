@@ -95,8 +95,9 @@ class DistillConfig:
     """Unreadable/corrupt image files: stop naming them, or leave them out with a warning listing them."""
     random_init: bool = False
     """Use a randomly initialized backbone (tests/benchmarks only; recorded in every artifact)."""
-    weights: str | None = None
-    """Path of a local weights file for the backbone (default: its installed/cached weights)."""
+    weights: str | tuple[str, ...] | None = None
+    """Local weights file: PATH for the backbone, or NAME=PATH per backbone of a joint run (--weights A=x B=y;
+    backbones not named use their installed/cached weights). Default: the installed/cached weights."""
     normalization: Literal["native", "imagenet"] = "native"
     """Backbone input statistics: its own (native), or ImageNet's for every backbone (the authors' code)."""
     grad_checkpointing: bool = False
@@ -133,6 +134,40 @@ class DistillConfig:
         object.__setattr__(self, "backbone", bb)
         if isinstance(self.backbone_weights, (list, tuple)):
             object.__setattr__(self, "backbone_weights", tuple(float(w) for w in self.backbone_weights))
+        object.__setattr__(self, "weights", self._normal_weights())
+
+    def _normal_weights(self) -> str | tuple[str, ...] | None:
+        """One form per meaning, so that equal runs hash equally: a single-backbone run keeps the plain path
+        (as before joint runs took files); a joint run keeps ``NAME=PATH`` entries in --backbone order."""
+        w = self.weights
+        if w is None or w == ():
+            return None
+        entries = (w,) if isinstance(w, str) else tuple(w)
+        names = self.backbones
+        split = [_named_entry(e, names) for e in entries]
+        if not self.joint:
+            if len(split) != 1:
+                return entries  # refused by validate()
+            return split[0][1]
+        if len(names) == 1:  # a joint run of one: a bare path can only be its backbone's
+            split = [(n or names[0], p) for n, p in split]
+        if any(n is None for n, _ in split):
+            return entries  # refused by validate()
+        order = {n: i for i, n in enumerate(names)}
+        split.sort(key=lambda np: order.get(np[0], len(order)))
+        return tuple(f"{n}={p}" for n, p in split)
+
+    def weights_for(self, name: str) -> str | None:
+        """The weights file given for backbone ``name``, or None (its installed/cached weights)."""
+        if self.weights is None:
+            return None
+        if isinstance(self.weights, str):
+            return self.weights if not self.joint or name in self.backbones else None
+        for entry in self.weights:
+            n, p = _named_entry(entry, self.backbones)
+            if n == name:
+                return p
+        return None
 
     @property
     def backbones(self) -> tuple[str, ...]:
@@ -206,9 +241,27 @@ class DistillConfig:
                 problems.append(f"--backbone-weights must be finite and non-negative, got {list(weights)}")
             elif not sum(weights) > 0:
                 problems.append(f"--backbone-weights must have a positive sum, got {list(weights)}")
-        if self.weights is not None and len(names) > 1:
-            problems.append(f"--weights names one file but {len(names)} backbones are given; a joint run uses each "
-                            "backbone's installed/cached weights")
+        problems += self._weights_problems()
+        return problems
+
+    def _weights_problems(self) -> list[str]:
+        if self.weights is None:
+            return []
+        names = self.backbones
+        entries = (self.weights,) if isinstance(self.weights, str) else self.weights
+        if not self.joint:
+            if len(entries) != 1:
+                return [f"--weights gives {len(entries)} files for the one backbone {names[0]}: {list(entries)}"]
+            return []
+        problems, seen = [], set()
+        for entry in entries:
+            n, p = _named_entry(entry, names)
+            if n is None:
+                problems.append(f"--weights {entry}: {len(names)} backbones are given ({', '.join(names)}); say "
+                                "which one the file is for with --weights NAME=PATH")
+            elif n in seen:
+                problems.append(f"--weights gives two files for {n}")
+            seen.add(n)
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +289,17 @@ class DistillConfig:
         if unknown:
             raise LgmError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def _named_entry(entry: str, names: tuple[str, ...]) -> tuple[str | None, str]:
+    """``NAME=PATH`` with NAME one of ``names`` -> (NAME, PATH); anything else (a bare path, even one holding '=')
+    -> (None, entry)."""
+    from pathlib import Path
+
+    name, sep, path = entry.partition("=")
+    if sep and name in names and not Path(entry).exists():
+        return name, path
+    return None, entry
 
 
 def nonfinite_options(cfg) -> list[str]:

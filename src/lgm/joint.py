@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lgm.backbone_spec import weights_record
 from lgm.backbones import BACKBONES, Backbone, weights_on_disk
 from lgm.config import DistillConfig
 from lgm.errors import LgmError, MissingResourceError
@@ -48,7 +49,7 @@ def check_backbones(specs: list, cfg: DistillConfig) -> None:
         if not isinstance(spec, str):
             continue
         entry = BACKBONES.get(spec)  # unknown names: UnknownNameError listing the known ones
-        if cfg.random_init or cfg.weights is not None:
+        if cfg.random_init or cfg.weights_for(spec) is not None:
             continue
         if weights_on_disk(spec) is None:
             missing.append(f"{spec} (weights from {entry.info.weights})")
@@ -80,7 +81,7 @@ def spec_name(spec) -> str:
 def load_backbones(specs: list, cfg: DistillConfig, device: torch.device) -> list[Backbone]:
     from lgm.backbones import load_backbone
 
-    return [load_backbone(s, device, cfg.random_init, cfg.weights, normalization=cfg.normalization,
+    return [load_backbone(s, device, cfg.random_init, cfg.weights_for(s), normalization=cfg.normalization,
                           grad_checkpointing=cfg.grad_checkpointing) if isinstance(s, str) else s.to(device)
             for s in specs]
 
@@ -225,8 +226,8 @@ def weights_id(backbone: Backbone, cfg: DistillConfig) -> str:
     """Which weights a backbone ran with: random init, the --weights file, or its default weights' location."""
     if backbone.random_init:
         return "random-init"
-    if cfg.weights is not None:
-        return f"file:{cfg.weights}"
+    if cfg.weights_for(backbone.name) is not None:
+        return f"file:{cfg.weights_for(backbone.name)}"
     try:
         where = weights_on_disk(backbone.name)
     except LgmError:  # an object the registry does not know
@@ -250,6 +251,9 @@ class JointSummary:
         weights = cfg.backbone_weights or (1.0,) * len(backbones)
         entries = [{"name": bb.name, "weights": weights_id(bb, cfg), "random_init": bool(bb.random_init),
                     "loss_weight": float(w), "input_size": bb.info.input_size, "feature_dim": bb.feature_dim,
-                    "normalization": bb.normalization}
+                    "normalization": bb.normalization,
+                    # Recorded so that every later command finds (and checks) the same file.
+                    **({"weights_file": weights_record(cfg.weights_for(bb.name))}
+                       if cfg.weights_for(bb.name) and not bb.random_init else {})}
                    for bb, w in zip(backbones, weights)]
         return cls([bb.name for bb in backbones], entries)

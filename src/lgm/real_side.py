@@ -59,7 +59,8 @@ def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
     req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
                               per_class=cfg.cache_per_class, seed=cfg.seed, aug=real_aug_config(cfg).kind,
                               clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean,
-                              random_init=cfg.random_init, weights=cfg.weights, normalization=cfg.normalization)
+                              random_init=cfg.random_init, weights=cfg.weights_for(bb.name),
+                              normalization=cfg.normalization)
     return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
 
 
