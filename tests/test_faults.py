@@ -592,3 +592,27 @@ def test_report_and_export_read_damaged_run_files_without_a_traceback(fashion_ro
     capsys.readouterr()
     assert main(["export", str(out), "--timelapse", str(tmp_path / "t.gif")]) != 0
     assert f"lgm: error: {out / 'config.json'} is not a run configuration" in capsys.readouterr().err
+
+
+def test_feature_store_removes_what_killed_writers_left_and_nothing_else(tmp_path, capsys):
+    folder = tmp_path / "features"
+    (folder / "abc.partial").mkdir(parents=True)
+    # A writer SIGKILLed between writing its temporary and the rename: what a real kill leaves.
+    code = ("import os, signal, sys, torch; from pathlib import Path; from lgm.artifacts import atomic_save_tensors;"
+            "atomic_save_tensors(Path(sys.argv[1]), {'features': torch.zeros(3, 2)},"
+            " before_commit=lambda: os.kill(os.getpid(), signal.SIGKILL))")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder / "abc.partial" / "0-3.safetensors")])
+    assert proc.returncode == -9
+    (killed,) = (folder / "abc.partial").glob(".*.tmp")
+    live = folder / f".x.safetensors.{os.getpid()}.abcd1234.tmp"  # this process: a write in progress
+    old_unnamed = folder / ".y.safetensors.abcd1234.tmp"  # no pid: written by an older lgm
+    fresh_unnamed = folder / ".z.safetensors.efgh5678.tmp"
+    for p in (live, old_unnamed, fresh_unnamed):
+        p.write_bytes(b"partial")
+    long_ago = time.time() - 2 * 3600
+    for p in (killed, live, old_unnamed):
+        os.utime(p, (long_ago, long_ago))
+    FeatureStore(tmp_path).get({"what": "x"}, lambda: torch.ones(2, 2))
+    assert not killed.exists() and not old_unnamed.exists()
+    assert live.exists() and fresh_unnamed.exists()
+    assert str(killed) in capsys.readouterr().err

@@ -221,3 +221,44 @@ def test_unaugmented_cache_key_ignores_crop_and_noise_settings(fashion_root):
         return cache_key(cfg_for(fashion_root, **kw), ds, bb, idx)
     assert key(aug="none", noise_std=0.5, clamp_crop=False) == key(aug="none")
     assert key(noise_std=0.5) != key() and key(aug="none") != key()
+
+
+def test_resume_recomputes_a_done_chunk_whose_rows_changed_on_disk(fashion_root, tmp_path, monkeypatch):
+    """A partial build's finished chunks are checked against their digests before the build goes on."""
+    import numpy as np
+
+    from lgm.real_cache import FEATURES
+
+    reference = build(fashion_root, out=str(tmp_path / "ref"))
+    bb = load_backbone("toy_cnn")
+    real_features, calls = bb.features, {"n": 0}
+
+    def stop_after_five(x):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real_features(x)
+
+    bb.features = stop_after_five
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    cfg = cfg_for(fashion_root, out=str(tmp_path / "c"))
+    with pytest.raises(KeyboardInterrupt):
+        build_real_cache(cfg, ds, bb, CPU, contextlib.nullcontext())
+    rows = np.memmap(tmp_path / "c" / FEATURES, dtype=np.float16, mode="r+",
+                     shape=tuple(reference.features.shape))
+    rows[2 * 7 + 3] = -rows[2 * 7 + 3]  # a row of chunk 2 (7 images per chunk), as a bad disk would leave it
+    rows.flush()
+    del rows
+    logs, counted = [], {"n": 0}
+    fresh = load_backbone("toy_cnn")
+    inner = fresh.features
+
+    def counting(x):
+        counted["n"] += 1
+        return inner(x)
+
+    fresh.features = counting
+    resumed = build_real_cache(cfg, ds, fresh, CPU, contextlib.nullcontext(), log=logs.append)
+    assert any("chunk 2 of the partial build" in m for m in logs)
+    assert counted["n"] == 16 - 2, "chunks 0 and 1 are kept, chunk 2 onwards recomputed"
+    assert torch.equal(resumed.features, reference.features)

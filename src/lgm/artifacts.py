@@ -40,7 +40,9 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def _atomic_target(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so that a shared directory (the feature store) can tell the
+    # temporaries of dead writers from those of live ones (lgm.feature_store.remove_stale_temporaries).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
     return Path(tmp)

@@ -54,12 +54,64 @@ def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
+# A temporary whose writer's pid is not alive here is removed once untouched for DEAD_WRITER_S (a writer on
+# another machine sharing the directory looks dead to the pid check, but a live write keeps its file's mtime
+# moving); one that names no pid (written before pids were named) once untouched for UNKNOWN_WRITER_S.
+DEAD_WRITER_S = 60.0
+UNKNOWN_WRITER_S = 3600.0
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporaries (``.NAME.PID.XXXX.tmp``) that killed writers left in ``root`` and its
+    ``.partial`` folders. Returns what was removed."""
+    import time
+
+    if not root.is_dir():
+        return []
+    removed, now = [], time.time()
+    folders = [root] + [d for d in root.iterdir() if d.is_dir() and d.suffix == ".partial"]
+    for folder in folders:
+        for p in folder.iterdir():
+            if not (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()):
+                continue
+            parts = p.name.split(".")
+            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+            try:
+                if pid is not None and _alive(pid):
+                    continue
+                if now - p.stat().st_mtime < (UNKNOWN_WRITER_S if pid is None else DEAD_WRITER_S):
+                    continue
+                p.unlink()
+            except OSError:  # gone meanwhile, or not ours to delete
+                continue
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class FeatureStore:
     """Get-or-compute for feature tensors; ``enabled=False`` always computes (nothing written)."""
 
     def __init__(self, cache_dir: str | Path | None = None, enabled: bool = True) -> None:
         self.root = cache_root(cache_dir) / "features"
         self.enabled = enabled
+        self._swept = False
+
+    def _sweep(self) -> None:
+        """Once per store, before its first write: remove what killed writers left behind."""
+        if not self._swept:
+            self._swept = True
+            for p in remove_stale_temporaries(self.root):
+                print(f"lgm: removed {p}, left by an interrupted feature-store write", file=sys.stderr, flush=True)
 
     def path(self, key: dict[str, Any]) -> Path:
         return self.root / f"{key_hash(key)}.safetensors"
@@ -73,6 +125,7 @@ class FeatureStore:
         if cached is not None:
             return cached
         feats = _finite(compute(), key)
+        self._sweep()
         _write(path, feats, key)
         return feats
 
@@ -111,12 +164,14 @@ class FeatureStore:
                         bar.update(pieces[-1].shape[0])
                     part = _finite(torch.cat(pieces), key)
                     if self.enabled:
+                        self._sweep()
                         _write(part_path, part, part_key)
                 else:
                     bar.update(stop - start)
                 parts.append(part)
         feats = torch.cat(parts) if parts else compute(0, 0)
         if self.enabled:
+            self._sweep()
             _write(path, feats, key)
             shutil.rmtree(partial, ignore_errors=True)
         return feats

@@ -222,6 +222,24 @@ def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backb
 OWN_FILES = (FEATURES, LABELS, INDICES, LOCK_FILE)
 
 
+def _rows_digest(mm: np.memmap, lo: int, hi: int) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mm[lo:hi]).tobytes()).hexdigest()[:16]
+
+
+def _verified_chunks(mm: np.memmap, meta: dict[str, Any], chunks: list[tuple[int, int]], n: int, batch: int,
+                     done: int) -> int:
+    """How many of the ``done`` chunks of a partial build still hold what was written (their recorded digests);
+    a build recorded before per-chunk digests is trusted as it is."""
+    sums = meta.get("chunk_sha256")
+    if not isinstance(sums, list):
+        return done
+    for c in range(done):
+        v, s = chunks[c]
+        if c >= len(sums) or _rows_digest(mm, v * n + s, v * n + min(s + batch, n)) != sums[c]:
+            return c
+    return done
+
+
 def _own_file(p: Path) -> bool:
     return p.name in OWN_FILES or (p.name.startswith(f".{META}.") and p.name.endswith(".tmp"))
 
@@ -265,8 +283,14 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
             log(f"the partial build in {path} is damaged ({e}); starting it over")
             meta = None
     if meta is not None:
-        log(f"resuming the cache build in {path} at chunk {start}/{len(chunks)}")
         mm = np.memmap(path / FEATURES, dtype=np.float16, mode="r+", shape=(cfg.views * n, dim))
+        good = _verified_chunks(mm, meta, chunks, n, cfg.batch, start)
+        if good < start:
+            log(f"chunk {good} of the partial build in {path} does not match its checksum in {META}; "
+                f"recomputing from there")
+            start = meta["chunks_done"] = good
+            meta["chunk_sha256"] = meta["chunk_sha256"][:good]
+        log(f"resuming the cache build in {path} at chunk {start}/{len(chunks)}")
     else:
         others = sorted(p.name for p in path.iterdir() if not _own_file(p) and p.name != META)
         if others:
@@ -279,7 +303,8 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
         np.save(path / LABELS, labels.numpy())
         mm = np.memmap(path / FEATURES, dtype=np.float16, mode="w+", shape=(cfg.views * n, dim))
         meta = {"id": cid, "key": key, "rows": cfg.views * n, "dim": dim, "dtype": "float16", "images": n,
-                "chunk_rows": cfg.batch, "chunks_total": len(chunks), "chunks_done": 0, "complete": False,
+                "chunk_rows": cfg.batch, "chunks_total": len(chunks), "chunks_done": 0, "chunk_sha256": [],
+                "complete": False,
                 "lgm_version": __version__, "device": str(device),
                 "sha256": {name: file_sha256(path / name) for name in (LABELS, INDICES)}}
         atomic_write_json(meta_path, meta)
@@ -303,6 +328,8 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
                                f"the cache in {path} stays incomplete")
             mm[v * n + s: v * n + e] = z.cpu().half().numpy()
         mm.flush()
+        if isinstance(meta.get("chunk_sha256"), list):  # partial builds of before per-chunk checksums: none
+            meta["chunk_sha256"] = meta["chunk_sha256"][:c] + [_rows_digest(mm, v * n + s, v * n + e)]
         meta["chunks_done"] = c + 1
         atomic_write_json(meta_path, meta)
     del mm
