@@ -245,3 +245,44 @@ def test_grouped_test_split_reports_worst_group(fashion_root, monkeypatch):
         assert r["worst_group_top1"]["values"][i] == min(per)
         # Equal-sized groups: overall top-1 is their mean.
         assert r["top1"]["values"][i] == pytest.approx(sum(per) / 2, abs=1e-6)
+
+
+def test_stored_features_follow_the_images_not_just_their_names(tmp_path):
+    """A folder whose image was edited in place (same name, same label), or an in-memory split with other pixels,
+    is never served the features stored for the old images."""
+    import os
+
+    from lgm.data import load_dataset as load
+    from lgm.evaluate import stored_split_features
+    from tests.dataset_fixtures import write_image, write_image_folder
+
+    root = tmp_path / "pets"
+    for split in ("train", "test"):
+        write_image_folder(root / split, ["cat", "dog"], per_class=3, ext=".png")
+    bb = load_backbone("toy_cnn")
+    store = FeatureStore(tmp_path / "cache")
+
+    def feats():
+        ds = load(f"folder:{root}")
+        return stored_split_features(ds, "test", None, bb, 16, 14, torch.device("cpu"), store)
+
+    before = feats()
+    edited = sorted((root / "test" / "cat").iterdir())[0]
+    stat = edited.stat()
+    write_image(edited, (255, 0, 0))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = feats()
+    assert not torch.equal(before, after), "the edited image's features are recomputed"
+    assert torch.equal(after, feats())  # and stored again under the new content
+
+    ds = load_dataset("fashion-mnist", str(write_band(tmp_path)))
+    other = ImageDataset(ds.name, ds.class_names, ds.train, ImageSplit(255 - ds.test.images, ds.test.labels))
+    a = stored_split_features(ds, "test", None, bb, 16, 14, torch.device("cpu"), store)
+    b = stored_split_features(other, "test", None, bb, 16, 14, torch.device("cpu"), store)
+    assert not torch.equal(a, b)
+
+
+def write_band(tmp_path):
+    from tests.conftest import write_fashion_fixture
+
+    return write_fashion_fixture(tmp_path / "fm", n_train=40, n_test=20)

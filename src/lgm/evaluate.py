@@ -19,7 +19,7 @@ import torch
 from lgm.artifacts import DistilledSet
 from lgm.backbone_spec import recorded_specs
 from lgm.backbones import Backbone
-from lgm.data import ImageDataset, check_split, stratified_indices
+from lgm.data import ImageDataset, check_split, split_fingerprint, stratified_indices
 from lgm.errors import LgmError, UsageError
 from lgm.feature_store import FeatureStore, backbone_identity, index_digest
 from lgm.probe import (ProbeConfig, center_features, group_top1, nearest_neighbor_top1, split_rows_features, topk,
@@ -48,11 +48,14 @@ def validation_split(labels: torch.Tensor, per_class: int, seed: int = 0) -> tup
 def stored_split_features(ds: ImageDataset, split_name: str, index: torch.Tensor | None, backbone: Backbone,
                           res: int, crop: int, device: torch.device, store: FeatureStore) -> torch.Tensor:
     """Center-view features of ``ds.<split_name>`` (rows ``index``, or all), through the feature store."""
-    split = getattr(ds, split_name)
-    split = split if index is None else split.subset(index)
+    whole = getattr(ds, split_name)
+    split = whole if index is None else whole.subset(index)
+    # "content": the same name can hold other images (a folder edited, a dataset rebuilt): never serve its
+    # old features.
     key = backbone_identity(backbone) | {
         "dataset": ds.name, "split": split_name, "rows": index_digest(index), "images": len(split),
-        "labels": index_digest(split.labels), "transform": "resize+center-crop", "res": res, "crop": crop}
+        "labels": index_digest(split.labels), "content": split_fingerprint(whole),
+        "transform": "resize+center-crop", "res": res, "crop": crop}
     return store.get_rows(key, len(split), lambda start, stop: split_rows_features(backbone, split, res, crop, device,
                                                                                  start, stop),
                           desc=f"{backbone.name} {split_name} features")

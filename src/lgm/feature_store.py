@@ -3,7 +3,7 @@
 Evaluating many artifacts on one backbone recomputes the same test and
 validation features again and again; they are stored once as safetensors
 under ``$LGM_CACHE_DIR`` (default ``~/.cache/lgm``) in ``features/<hash>``.
-The key (backbone, its weights, normalization, dataset, split, selected rows,
+The key (backbone, its weights, normalization, dataset, split and a fingerprint of its images, selected rows,
 transform, lgm's feature version) is written into the file's metadata and
 checked on every read, so a hash collision or a hand-copied file can never
 serve the wrong features.

@@ -37,6 +37,7 @@ from lgm.data.base import (
     Split,
     carve_test_split,
     check_split,
+    split_fingerprint,
     stratified_indices,
     stratified_split,
 )
@@ -51,7 +52,7 @@ __all__ = [
     "ImageDataset", "ImageSplit", "FileSplit", "Split", "BadImage", "BadImageError", "DATASETS", "DatasetInfo",
     "register_dataset", "load_dataset", "resolve_data_root", "stratified_indices", "stratified_split",
     "dataset_info", "check_dataset_name", "BAD_IMAGE_CHOICES", "FOLDER_PREFIX", "HF_PREFIX", "carve_test_split",
-    "check_split",
+    "check_split", "split_fingerprint",
 ]
 
 DATA_ROOT_ENV = "LGM_DATA_ROOT"

@@ -77,6 +77,15 @@ class ImageSplit:
         """Already in memory: returned as is (``load`` resizes on the fly, at no decoding cost)."""
         return self
 
+    def fingerprint(self) -> str:
+        """Digest of the pixels and labels (memoized: a split is not changed in place)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(f"{tuple(self.images.shape)}\n".encode())
+            h.update(self.images.cpu().contiguous().numpy().tobytes())
+            h.update(self.labels.cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
+
     def to(self, device: torch.device | str) -> "ImageSplit":
         groups = self.groups.to(device) if self.groups is not None else None
         return ImageSplit(self.images.to(device), self.labels.to(device), groups)
@@ -220,6 +229,13 @@ def carve_test_split(labels: torch.Tensor, class_names: Sequence[str], ids: Sequ
         "test_sha256": _id_digest(labels, ids, test_idx),
     }
     return train_idx, test_idx, record
+
+
+def split_fingerprint(split: Split) -> str:
+    """What a split's images are, for keys of stored features: its own ``fingerprint()`` (pixels, or files by
+    path, size and modification time), or "unknown" for a split type that has none."""
+    fp = getattr(split, "fingerprint", None)
+    return fp() if callable(fp) else "unknown"
 
 
 def _id_digest(labels: torch.Tensor, ids: Sequence[str], index: torch.Tensor) -> str:

@@ -249,6 +249,28 @@ class FileSplit:
     def subset(self, index: torch.Tensor) -> "FileSplit":
         return self._like(index.cpu())
 
+    def fingerprint(self) -> str:
+        """Digest of what the rows are: each file by path, size and modification time (a file edited in
+        place changes it; nothing is decoded), an in-memory image by its bytes; and the labels. Memoized."""
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+            import os
+
+            h = hashlib.sha256()
+            for i, path in enumerate(self.paths):
+                blob = None if self.blobs is None else self.blobs[i]
+                if blob is not None:
+                    h.update(b"b" + hashlib.sha256(blob).digest())
+                else:
+                    try:
+                        st = os.stat(path)
+                        h.update(f"f{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                    except OSError:
+                        h.update(f"m{path}\n".encode("utf-8", "surrogateescape"))  # decoding will name it
+            h.update(self.labels.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
+
     def sources(self, idx: np.ndarray) -> list[Source]:
         """What to decode for rows ``idx``: the file path, or (name, bytes) for an in-memory image."""
         if self.blobs is None:
