@@ -291,3 +291,27 @@ def test_noise_is_applied_per_sample():
     assert torch.equal(out[~noisy], torch.zeros_like(out[~noisy]))
     assert (out[noisy].reshape(int(noisy.sum()), -1) != 0).all()
     assert 70 <= int(noisy.sum()) <= 130
+
+
+@pytest.mark.parametrize("size, channels", [(16, 3), (13, 3), (8, 1)])
+@pytest.mark.parametrize("start, stop", [(0, 40), (0, 64), (10, 70), (64, 100), (5, 6), (0, 129)])
+def test_views_drawn_only_as_far_as_asked_equal_the_whole_blocks(monkeypatch, size, channels, start, stop):
+    import lgm.augment as A
+
+    cfg = AugmentConfig(noise_p=0.5)
+    x = torch.rand(stop - start, channels, 20, 20, generator=torch.Generator().manual_seed(1))
+    fast = A.ViewAugmenter(cfg, size, torch.device("cpu")).augment_range(x, start, 77)
+    monkeypatch.setattr(A, "_PREFIX_HOLDS", [False])  # every block's noise drawn whole
+    whole = A.ViewAugmenter(cfg, size, torch.device("cpu")).augment_range(x, start, 77)
+    assert torch.equal(fast, whole)
+    assert A.normal_prefix_is_exact(torch.Generator(), 16) is False  # the patched check is what decides
+
+
+def test_the_normal_prefix_check_holds_on_this_torch():
+    import lgm.augment as A
+
+    g = torch.Generator()
+    assert A.normal_prefix_is_exact(g, 40 * 3 * 16 * 16)
+    assert not A.normal_prefix_is_exact(g, 40 * 3 * 13 * 13)  # not a multiple of 16: the tail is redrawn
+    whole = torch.randn(64, 3, 16, 16, generator=g.manual_seed(3))
+    assert torch.equal(whole[:40], torch.randn(40, 3, 16, 16, generator=g.manual_seed(3)))

@@ -92,12 +92,16 @@ class NoiseDraw:
 
 
 def draw_noise(shape: tuple[int, ...], cfg: AugmentConfig, generator: torch.Generator,
-               dtype: torch.dtype = torch.float32) -> NoiseDraw | None:
+               dtype: torch.dtype = torch.float32, noise_rows: int | None = None) -> NoiseDraw | None:
+    """Which samples get noise (all ``shape[0]``) and the noise itself, for the first ``noise_rows`` samples only
+    when given: the noise is the last draw, so leaving out the tail changes nothing before it."""
     if cfg.noise_std == 0 and cfg.noise_mean == 0:
         return None
     dev = generator.device
     scale = (torch.rand(shape[0], generator=generator, device=dev) < cfg.noise_p).to(dtype)
-    noise = torch.randn(shape, generator=generator, device=dev, dtype=dtype) * cfg.noise_std + cfg.noise_mean
+    rows = shape[0] if noise_rows is None else noise_rows
+    noise = torch.randn((rows, *shape[1:]), generator=generator, device=dev, dtype=dtype) * cfg.noise_std \
+        + cfg.noise_mean
     return NoiseDraw(scale, noise)
 
 
@@ -128,6 +132,29 @@ def augment(x: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Gen
     params = sample_crop_params(x.shape[0], cfg, generator)
     out = crop_resize(x, params, size)
     return add_noise(out, cfg, generator)
+
+
+def normal_prefix_is_exact(generator: torch.Generator, count: int) -> bool:
+    """Whether ``count`` float32 normals drawn from ``generator`` equal the first ``count`` of a longer draw.
+
+    True for torch's CPU generator when ``count`` is a multiple of 16 (its vectorized normal transforms
+    whole blocks of 16 uniforms and redraws an unaligned tail); checked once on this torch, never assumed.
+    CUDA's mapping of draws to elements depends on the launch size: never.
+    """
+    return generator.device.type == "cpu" and count % 16 == 0 and _cpu_normal_prefix_holds()
+
+
+_PREFIX_HOLDS: list[bool] = []
+
+
+def _cpu_normal_prefix_holds() -> bool:
+    if not _PREFIX_HOLDS:
+        g = torch.Generator()
+        full = torch.randn(4, 48, generator=g.manual_seed(12345))
+        part = torch.randn(1, 48, generator=g.manual_seed(12345))
+        small = torch.randn(16, generator=g.manual_seed(12345))
+        _PREFIX_HOLDS.append(torch.equal(full[:1], part) and torch.equal(full.flatten()[:16], small))
+    return _PREFIX_HOLDS[0]
 
 
 # Views per block of the synthetic side's random draws (see ViewAugmenter).
@@ -171,11 +198,16 @@ class ViewAugmenter:
         if stop == start:
             return x.new_zeros((0, c, self.size, self.size))
         first, last = start // VIEW_BLOCK, (stop - 1) // VIEW_BLOCK
+        shape = (VIEW_BLOCK, c, self.size, self.size)
         crops, noises = [], []
         for block in range(first, last + 1):
             self.generator.manual_seed(block_seed(step_seed, block))
             crops.append(sample_crop_params(VIEW_BLOCK, self.cfg, self.generator))
-            noises.append(draw_noise((VIEW_BLOCK, c, self.size, self.size), self.cfg, self.generator))
+            # The last block's noise only as far as the views asked for, where that draws the same numbers.
+            rows = stop - block * VIEW_BLOCK if block == last else VIEW_BLOCK
+            if not (rows < VIEW_BLOCK and normal_prefix_is_exact(self.generator, rows * c * self.size ** 2)):
+                rows = VIEW_BLOCK
+            noises.append(draw_noise(shape, self.cfg, self.generator, noise_rows=rows))
         cut = slice(start - first * VIEW_BLOCK, stop - first * VIEW_BLOCK)
         params = CropParams(**{f: torch.cat([getattr(p, f) for p in crops])[cut] for f in ("x0", "y0", "w", "h",
                                                                                             "flip")})
