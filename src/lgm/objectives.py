@@ -198,3 +198,37 @@ def objective_loss(sampler: HeadSampler, generator: torch.Generator, syn: torch.
                 gj = sampler.real_gradient(wj, bj)
             losses.append(meta_loss(gj, head_gradient(syn, labels, wj, bj)))
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+# --- image space (lgm distill --head-source trajectory) ---------------------------------------------------------
+
+# Seed index of the trajectory probe's batch order: (seed << 8) | 7 (0-6 are the run's other generators).
+TRAJECTORY_SEED_INDEX = 7
+
+
+@dataclass
+class TrajectoryHeads:
+    """A run's trajectory snapshots, stacked (S x C x f, S x C) on the device: drawing one is an index on the
+    device, so the step never waits for the host."""
+
+    w: torch.Tensor
+    b: torch.Tensor
+
+    @classmethod
+    def train(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: tuple[int, ...],
+              seed: int) -> "TrajectoryHeads":
+        g = torch.Generator(device=features.device).manual_seed((seed << 8) | TRAJECTORY_SEED_INDEX)
+        snaps = probe_trajectory(features, labels, num_classes, steps, g)  # batches cast to fp32 one at a time
+        return cls(torch.stack([w for w, _ in snaps]), torch.stack([b for _, b in snaps]))
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.randint(self.w.shape[0], (1,), generator=generator, device=generator.device).to(self.w.device)
+        return self.w.index_select(0, i)[0], self.b.index_select(0, i)[0]
+
+
+def step_head(num_classes: int, feature_dim: int, generator: torch.Generator, head_init: HeadInit,
+              trajectory: TrajectoryHeads | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head of one distillation step: ``sample_head`` (the paper's), or a drawn trajectory snapshot."""
+    if trajectory is None:
+        return sample_head(num_classes, feature_dim, generator, head_init)
+    return trajectory.draw(generator)
