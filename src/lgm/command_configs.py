@@ -256,6 +256,9 @@ class DemoConfig:
     """Training images per class in the real-feature cache."""
     cache_views: int = DEMO_DISTILL["cache_views"]
     """Views per cached training image (1 is enough with --real-aug none: the views are identical and copied)."""
+    head_source: Literal["random", "trajectory"] = "random"
+    """Head per distillation step: random (the paper's N(0, 0.01^2)) or trajectory (snapshots of a probe trained on
+    the real feature cache; see `lgm distill --head-source`)."""
     seed: int = 0
     """Seed of the distillation."""
     repeats: int = 5
