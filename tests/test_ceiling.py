@@ -85,3 +85,10 @@ def test_ceiling_cli_writes_its_results(fashion_root, tmp_path, monkeypatch, cap
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3
     assert main(argv + ["--per-class", "5"]) == 0
     assert json.loads((out / "ceiling.json").read_text())["real_rows"] == 50
+    # The objective's options reach the optimization and are recorded; --subset-seed fixes the real rows.
+    assert main(argv + ["--per-class", "5", "--seed", "1", "--subset-seed", "0", "--head-source", "trajectory",
+                        "--trajectory-steps", "0", "3", "--heads", "2"]) == 0
+    summary = json.loads((out / "ceiling.json").read_text())
+    assert summary["objective"]["trajectory_steps"] == [0, 3] and summary["objective"]["heads"] == 2
+    assert summary["settings"]["subset_seed"] == 0 and "seed 0" in summary["real_rows_from"]
+    assert main(argv + ["--head-scale", "0"]) == 2

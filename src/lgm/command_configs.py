@@ -256,6 +256,9 @@ class DemoConfig:
     """Training images per class in the real-feature cache."""
     cache_views: int = DEMO_DISTILL["cache_views"]
     """Views per cached training image (1 is enough with --real-aug none: the views are identical and copied)."""
+    head_source: Literal["random", "trajectory"] = "random"
+    """Head per distillation step: random (the paper's N(0, 0.01^2)) or trajectory (snapshots of a probe trained on
+    the real feature cache; see `lgm distill --head-source`)."""
     seed: int = 0
     """Seed of the distillation."""
     repeats: int = 5
@@ -297,7 +300,24 @@ class CeilingConfig(BackboneFlags):
     init: CeilingInit = "real"
     """Start: ipc seeded random real rows per class (real, like `lgm distill --init real`), the class means, or noise."""
     seed: int = 0
-    """Seed of the start, the heads, and the --per-class selection."""
+    """Seed of the start, the heads, and (unless --subset-seed) the --per-class selection."""
+    heads: int = 1
+    """Heads per step, the loss averaged over them (trajectory: 0 = every snapshot every step)."""
+    head_source: Literal["random", "trajectory"] = "random"
+    """random: a fresh --head-init head per step (distillation's); trajectory: snapshots of a probe trained on
+    the real features (Adam from zero at the probe's lr 3.9e-4, batches of 100) after --trajectory-steps steps."""
+    head_scale: float = 1.0
+    """Random heads multiplied by this."""
+    trajectory_steps: tuple[int, ...] = (0, 5, 20, 50, 100)
+    """Adam steps of the real-feature probe at which its head is kept (--head-source trajectory)."""
+    head_noise: float = 0.0
+    """Std of Gaussian noise on a trajectory snapshot's W (absolute)."""
+    unroll: int = 0
+    """Extra matching points per head: the heads after 1..N sign steps along the synthetic points' gradient."""
+    unroll_lr: float = 0.02
+    """Size of each unroll step per coordinate."""
+    subset_seed: int | None = None
+    """Seed of the --per-class selection (default --seed): vary --seed over one fixed set of real rows."""
     per_class: int = 0
     """Real rows of the gradient: 0 = every training image outside the validation split; N = the seeded subset
     of N per class that `lgm distill --cache-per-class N --seed S` caches (the demo: 1000)."""
@@ -328,3 +348,10 @@ class CeilingConfig(BackboneFlags):
     """Store and reuse the real, test and validation features (--no-cache recomputes)."""
     on_bad_image: Literal["fail", "skip"] = "fail"
     """Unreadable/corrupt image files: stop naming them, or skip them with a warning."""
+
+    def objective(self):
+        from lgm.objectives import MatchObjective
+
+        return MatchObjective(heads=self.heads, head_source=self.head_source, head_scale=self.head_scale,
+                              trajectory_steps=tuple(self.trajectory_steps), head_noise=self.head_noise,
+                              unroll=self.unroll, unroll_lr=self.unroll_lr)

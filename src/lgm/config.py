@@ -27,7 +27,7 @@ JOINT_KEYS = ("backbone_weights", "backbone_schedule")
 
 # Keys added after runs existed: left out of the JSON and hash while they hold their defaults, so configs (and
 # hashes) of earlier runs are unchanged.
-LATER_KEYS = ("real_aug",)
+LATER_KEYS = ("real_aug", "head_source", "trajectory_steps")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,12 @@ class DistillConfig:
     """Reset Adam's moments when a pyramid level is added (authors); --no-reset-adam-on-growth keeps them."""
     head_init: Literal["normal001", "normal1", "torch"] = "normal001"
     """Random head per step: N(0, 0.01^2) (authors' code), N(0, 1) (paper text), or nn.Linear's default."""
+    head_source: Literal["random", "trajectory"] = "random"
+    """Head per step: a fresh random one (--head-init; the paper), or one drawn from snapshots of a probe trained
+    on the real feature cache (trajectory: ours, needs --real-features cached; see lgm.objectives)."""
+    trajectory_steps: tuple[int, ...] = (0, 5, 20, 50, 100)
+    """--head-source trajectory: the Adam steps (lr 3.9e-4, batches of 100, from zero) of the real-feature probe
+    at which its head is kept."""
     clamp_crop: bool = True
     """Clamp random-resized-crop boxes to the image (torchvision); --no-clamp-crop reproduces the authors'."""
     noise_std: float = 0.2
@@ -132,6 +138,8 @@ class DistillConfig:
         elif isinstance(bb, list):
             bb = tuple(bb)
         object.__setattr__(self, "backbone", bb)
+        if isinstance(self.trajectory_steps, (list, tuple)):  # JSON gives a list; the hash needs the normal form
+            object.__setattr__(self, "trajectory_steps", tuple(int(s) for s in self.trajectory_steps))
         if isinstance(self.backbone_weights, (list, tuple)):
             object.__setattr__(self, "backbone_weights", tuple(float(w) for w in self.backbone_weights))
         object.__setattr__(self, "weights", self._normal_weights())
@@ -217,6 +225,14 @@ class DistillConfig:
                             "over a feature cache)")
         if self.real_cache is not None and self.real_features == "live":
             problems.append("--real-cache names a feature cache but --real-features is live; use cached or auto")
+        if self.head_source not in ("random", "trajectory"):
+            problems.append(f"--head-source must be random or trajectory, got {self.head_source!r}")
+        elif self.head_source == "trajectory":
+            if not self.trajectory_steps or min(self.trajectory_steps) < 0:
+                problems.append(f"--trajectory-steps must be non-negative step counts, got {list(self.trajectory_steps)}")
+            if self.real_features == "live" or self.joint:
+                problems.append("--head-source trajectory trains its probe on the real feature cache: it needs "
+                                "--real-features cached (or auto with a cache) and one backbone")
         problems += self._joint_problems()
         if problems:
             raise UsageError("invalid distillation settings:\n  " + "\n  ".join(problems))

@@ -32,7 +32,7 @@ from lgm.errors import LgmError, NonFiniteLossError
 from lgm.features import CachedReal, LiveReal
 from lgm.grid import save_grid
 from lgm.distributed import SINGLE, Shard, init_from_env
-from lgm.matching import sample_head
+from lgm.objectives import TrajectoryHeads, step_head
 from lgm.rundir import Checkpoint, Interrupted, RunDir, StopSignals
 from lgm.synthetic import SyntheticImages, make_synthetic
 from lgm.version import __version__
@@ -118,6 +118,7 @@ def distill_step(
     views: ViewAugmenter,
     autocast,
     shard: Shard = SINGLE,
+    trajectory: TrajectoryHeads | None = None,
 ) -> torch.Tensor:
     """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync).
 
@@ -126,8 +127,8 @@ def distill_step(
     ends with the same parameters.
     """
 
-    # 1. A fresh random linear head.
-    w, b = sample_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init)
+    # 1. A fresh random linear head (or, with --head-source trajectory, a snapshot of a real-feature probe).
+    w, b = step_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init, trajectory)
 
     # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
     g_real = real.gradient(w, b, real_side.real_batch_size(cfg, num_classes), gens.real, gens.aug, shard=shard)
@@ -296,6 +297,7 @@ def _distill(dataset, backbone, config: DistillConfig | None, out, held: context
             atomic_write_json(writer.path / real_side.REAL_SIDE_FILE, choice.to_dict())
         if choice.mode == "standalone" and shard.is_main:
             _log(f"real side: features from the cache {choice.cache_path} ({len(real)} rows)")
+    trajectory = None if cfg.head_source == "random" else trajectory_heads(real, ds.num_classes, cfg)
     views = ViewAugmenter(synthetic_side.view_aug_config(cfg), cfg.crop, device)
     sync_every = 1 if device.type == "cpu" else 25
     pending: list[tuple[int, torch.Tensor, int, dict[str, torch.Tensor]]] = []
@@ -352,7 +354,7 @@ def _distill(dataset, backbone, config: DistillConfig | None, out, held: context
                                                        cfg, views, autocast)
                     else:
                         loss, parts = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg,
-                                                   views, autocast, shard), {}
+                                                   views, autocast, shard, trajectory), {}
                 except torch.OutOfMemoryError:
                     in_flight = cfg.chunk or cfg.augs * len(syn_labels)
                     raise LgmError(
@@ -425,6 +427,15 @@ def _real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, device: torch
 
     cache = RealFeatureCache.open(choice.cache_path) if choice.mode == "standalone" else None
     return real_side.build_real_side(cfg, ds, bb, device, autocast, run, choice, cache)
+
+
+def trajectory_heads(real, num_classes: int, cfg: DistillConfig) -> TrajectoryHeads:
+    """--head-source trajectory: the snapshots of a probe trained on the real feature cache (recomputed, the same,
+    on resume)."""
+    if not isinstance(real, CachedReal):
+        raise LgmError("--head-source trajectory trains its probe on the real feature cache, but this run's real "
+                       "side is live; add --real-features cached (with --cache-per-class N for a subset)")
+    return TrajectoryHeads.train(real.features, real.labels, num_classes, cfg.trajectory_steps, cfg.seed)
 
 
 def speed_up_backbone(bb: Backbone, cfg: DistillConfig) -> Backbone:

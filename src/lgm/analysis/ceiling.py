@@ -27,6 +27,7 @@ import torch
 from lgm.errors import LgmError
 from lgm.command_configs import CeilingConfig, CeilingInit  # noqa: F401  (re-exported)
 from lgm.matching import HeadInit, head_gradient, meta_loss, sample_head
+from lgm.objectives import HeadSampler, MatchObjective, objective_loss, probe_trajectory
 
 
 
@@ -79,12 +80,14 @@ def heldout_meta_loss(features: torch.Tensor, labels: torch.Tensor, real: torch.
 def optimize_features(real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, ipc: int = 1,
                       steps: int = 2000, lr: float = 0.01, head_init: HeadInit = "normal001",
                       init: CeilingInit = "real", seed: int = 0,
-                      log_every: int = 0, log=None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                      log_every: int = 0, log=None,
+                      objective: MatchObjective | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """C·ipc free feature vectors minimizing the meta loss against the full real gradient.
 
     Every step draws a head (``head_init``, as ``lgm distill --head-init``), takes the exact head gradient over
     every row of ``real`` and the gradient of the synthetic points, and makes one Adam step on the points along
-    1 - cos of the two. ``lr`` is in units of the real features' overall standard deviation, so one setting
+    1 - cos of the two; ``objective`` (:class:`lgm.objectives.MatchObjective`) chooses other heads (several per
+    step, a real-feature probe's trajectory, unrolled points). ``lr`` is in units of the real features' overall standard deviation, so one setting
     suits backbones of any feature scale. Returns (features, labels, meta loss of every step).
     """
     if ipc <= 0 or steps < 0:
@@ -102,12 +105,10 @@ def optimize_features(real: torch.Tensor, real_labels: torch.Tensor, num_classes
     labels = torch.arange(num_classes, device=device).repeat_interleave(ipc)
     syn = torch.nn.Parameter(initial_features(real, real_labels, num_classes, ipc, init, g_init))
     opt = torch.optim.Adam([syn], lr=lr * float(real.std()))
+    sampler = head_sampler(objective or MatchObjective(), real, real_labels, num_classes, head_init, seed)
     losses = []
     for step in range(steps):
-        w, b = sample_head(num_classes, real.shape[1], g_head, head_init)
-        with torch.no_grad():
-            g_real = head_gradient(real, real_labels, w, b)
-        loss = meta_loss(g_real, head_gradient(syn, labels, w, b))
+        loss = objective_loss(sampler, g_head, syn, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,6 +117,22 @@ def optimize_features(real: torch.Tensor, real_labels: torch.Tensor, num_classes
             recent = losses[-log_every:]
             log(f"step {step + 1}/{steps}: meta loss {sum(recent) / len(recent):.4f}")
     return syn.detach(), labels, losses
+
+
+def head_sampler(objective: MatchObjective, real: torch.Tensor, real_labels: torch.Tensor, num_classes: int,
+                 head_init: HeadInit, seed: int) -> HeadSampler:
+    """The objective's heads against the exact full gradient over ``real`` (trajectory snapshots from a probe
+    trained on ``real``, batches from a generator of their own)."""
+    objective.check()
+    snapshots = None
+    if objective.head_source == "trajectory":
+        g_traj = torch.Generator(device=real.device).manual_seed((seed << 8) | 4)
+        snapshots = probe_trajectory(real, real_labels, num_classes, objective.trajectory_steps, g_traj)
+
+    def real_gradient(w, b):
+        return head_gradient(real, real_labels, w, b)
+
+    return HeadSampler(objective, num_classes, real.shape[1], head_init, real_gradient, snapshots)
 
 
 def probe_scores(features: torch.Tensor, labels: torch.Tensor, num_classes: int, test: torch.Tensor,
@@ -135,7 +152,8 @@ def feature_ceiling(real: torch.Tensor, real_labels: torch.Tensor, num_classes: 
                     test_labels: torch.Tensor, *, ipc: int = 1, steps: int = 2000, lr: float = 0.01,
                     head_init: HeadInit = "normal001", init: CeilingInit = "real", seed: int = 0, probe=None,
                     probe_seeds: tuple[int, ...] = (0, 1, 2, 3, 4), val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    eval_heads: int = 64, full: bool = False, log=None, log_every: int = 0) -> CeilingResult:
+                    eval_heads: int = 64, full: bool = False, log=None, log_every: int = 0,
+                    objective: MatchObjective | None = None) -> CeilingResult:
     """The feature-space ceiling of the meta loss for ``ipc`` points per class.
 
     Optimizes the points (:func:`optimize_features`), trains a probe on them (``probe``, a
@@ -151,8 +169,9 @@ def feature_ceiling(real: torch.Tensor, real_labels: torch.Tensor, num_classes: 
     probe = probe or ProbeConfig(views=1)
     seeds = list(probe_seeds)
     real_f = real.float()
+    objective = objective or MatchObjective()
     feats, labels, losses = optimize_features(real_f, real_labels, num_classes, ipc, steps, lr, head_init, init,
-                                              seed, log_every, log)
+                                              seed, log_every, log, objective)
     real_labels = real_labels.to(real_f.device)
     start = initial_features(real_f, real_labels, num_classes, ipc, init,
                              torch.Generator(device=real_f.device).manual_seed((seed << 8) | 1))
@@ -177,7 +196,8 @@ def feature_ceiling(real: torch.Tensor, real_labels: torch.Tensor, num_classes: 
             log(f"full ({real_f.shape[0]} real rows): probe top-1 {res['top1']['mean'] * 100:.1f}")
     summary = {"kind": "feature-ceiling", "ipc": ipc, "classes": num_classes, "real_rows": int(real_f.shape[0]),
                "feature_dim": int(real_f.shape[1]), "steps": steps, "lr": lr, "lr_absolute": lr * float(real_f.std()),
-               "head_init": head_init, "init": init, "seed": seed, "probe": asdict(probe) | {"seeds": seeds},
+               "head_init": head_init, "objective": asdict(objective) | {"text": objective.describe()},
+               "init": init, "seed": seed, "probe": asdict(probe) | {"seeds": seeds},
                "eval_heads": eval_heads, "sets": out, "meta_loss_curve": _curve(losses)}
     return CeilingResult(feats.cpu(), labels.cpu(), summary)
 
@@ -194,7 +214,7 @@ def ceiling_markdown(summary: dict) -> str:
     sets = summary["sets"]
     full = sets.get("full")
     head = (f"Feature-space ceiling: {summary.get('dataset', '')} / {summary.get('backbone', '')}, ipc "
-            f"{summary['ipc']}, {summary['steps']} steps against the full gradient over {summary['real_rows']} "
+            f"{summary['ipc']}, {summary['steps']} steps ({summary.get('objective', {}).get('text', '1 random head per step')}) against the full gradient over {summary['real_rows']} "
             f"real rows; probe top-1 (%) on the test features, mean ± std over {len(summary['probe']['seeds'])} "
             f"seeds ({summary['probe']['protocol']} protocol, one fixed view per point).")
     lines = [head, "", "| points | top-1 (%) | of full | 1-NN (%) | held-out meta loss |", "|---|---|---|---|---|"]
@@ -224,6 +244,8 @@ def run_ceiling(cfg: CeilingConfig) -> CeilingResult:
         raise LgmError(f"--crop {cfg.crop} exceeds --res {cfg.res}")
     if cfg.per_class < 0 or cfg.repeats <= 0:
         raise LgmError(f"--per-class must be >= 0 and --repeats positive, got {cfg.per_class} and {cfg.repeats}")
+    objective = cfg.objective()
+    objective.check()
 
     def log(msg: str) -> None:
         print(f"lgm ceiling: {msg}", file=sys.stderr, flush=True)
@@ -234,17 +256,18 @@ def run_ceiling(cfg: CeilingConfig) -> CeilingResult:
     store = FeatureStore(cfg.cache_dir, enabled=cfg.cache)
     probe = ProbeConfig.named(cfg.protocol, views=1, epochs=cfg.epochs)
     ctx = EvalContext.build(ds, bb, cfg.res, cfg.crop, device, probe, cfg.val_per_class, store=store)
-    index = ctx.train_index if cfg.per_class == 0 else select_indices(ds, cfg.per_class, cfg.seed)
+    subset_seed = cfg.seed if cfg.subset_seed is None else cfg.subset_seed
+    index = ctx.train_index if cfg.per_class == 0 else select_indices(ds, cfg.per_class, subset_seed)
     log(f"features of {index.numel()} training images on {cfg.backbone}")
     real = stored_split_features(ds, "train", index, bb, cfg.res, cfg.crop, device, store)
     result = feature_ceiling(real.to(device), ds.train.labels[index], ds.num_classes, ctx.test_features,
                              ctx.test_labels, ipc=cfg.ipc, steps=cfg.steps, lr=cfg.lr, head_init=cfg.head_init,
                              init=cfg.init, seed=cfg.seed, probe=probe, probe_seeds=tuple(range(cfg.repeats)),
                              val=(ctx.val_features, ctx.val_labels), eval_heads=cfg.eval_heads, full=cfg.full,
-                             log=log, log_every=max(1, cfg.steps // 10))
+                             log=log, log_every=max(1, cfg.steps // 10), objective=objective)
     result.summary |= {"dataset": ds.name, "backbone": cfg.backbone, "random_init_backbone": bool(bb.random_init),
                        "settings": asdict(cfg), "real_rows_from": ("training split minus validation" if not cfg.per_class
-                                          else f"the distillation cache's {cfg.per_class} per class (seed {cfg.seed})"),
+                                          else f"the distillation cache's {cfg.per_class} per class (seed {subset_seed})"),
                        "real_transform": f"resize to {cfg.res}, center crop {cfg.crop}", "lgm_version": __version__}
     out = Path(cfg.out)
     atomic_save_tensors(out / "ceiling_features.safetensors", {"features": result.features, "labels": result.labels},
