@@ -760,12 +760,23 @@ class GpuCheck:
             val = (torch.randn(e["val_rows"], dim, generator=g), torch.randint(0, c, (e["val_rows"],), generator=g))
             probe = ProbeConfig(epochs=e["epochs"], patience=e["epochs"])  # validation every epoch, no early stop
             t0 = time.perf_counter()
-            train_probes(pool, labels, c, probe, [0], val=val)
+            train_probes(pool, labels, c, probe, [0], val=val, device=d)
             probe_s = time.perf_counter() - t0
             r.shared["probe_s"] = probe_s
             r.add(sec, "probe", f"{probe_s:.1f} s for one {e['epochs']}-epoch probe on {c} classes ({e['views']} "
-                  f"views of {c * e['per_class']} images, {e['val_rows']:,} validation rows; train_probes runs on "
-                  "the CPU)", seconds=probe_s)
+                  f"views of {c * e['per_class']} images, {e['val_rows']:,} validation rows; on {d.type}, as "
+                  "`lgm eval` trains them)", seconds=probe_s)
+        with r.attempt(sec, "probe on the device = on the CPU"):
+            short = ProbeConfig(epochs=5, patience=5)
+            here = train_probes(pool, labels, c, short, [0, 1], val=val, device=d)
+            cpu = train_probes(pool, labels, c, short, [0, 1], val=val, device="cpu")
+            w = here.weight
+            if self.perturb:  # the self-test: noise of half the heads' norm must be caught
+                noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(1234))
+                w = w + 0.5 * w.norm() * noise / noise.norm()
+            rel = float((w - cpu.weight).norm() / cpu.weight.norm())
+            r.verdict(sec, "probe on the device = on the CPU", rel <= 1e-4,
+                    f"relative L2 of the heads after 5 epochs {rel:.1e} (same draws from CPU generators; fp32)")
         with r.attempt(sec, "probe, 1000 classes"):
             c = e["big_classes"]
             pool = torch.randn(e["views"], c, bb.feature_dim, generator=g)
@@ -773,7 +784,7 @@ class GpuCheck:
             val = (torch.randn(nv, bb.feature_dim, generator=g), torch.randint(0, c, (nv,), generator=g))
             probe = ProbeConfig(epochs=e["big_epochs"], patience=e["big_epochs"])
             t0 = time.perf_counter()
-            train_probes(pool, torch.arange(c), c, probe, [0], val=val)
+            train_probes(pool, torch.arange(c), c, probe, [0], val=val, device=d)
             per_epoch = (time.perf_counter() - t0) / e["big_epochs"]
             r.shared["probe_1k_epoch_s"] = per_epoch
             r.add(sec, "probe, 1000 classes", f"{per_epoch * 1000:.0f} ms per epoch on {c} classes ({c} images, "

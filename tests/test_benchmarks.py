@@ -167,7 +167,7 @@ def test_gpu_check_smoke(tmp_path):
     verdicts = [r for r in rows if r["status"] == "pass"]
     assert {r["check"] for r in verdicts} == {"portable step = distill_step (CPU)", "chunked = unchunked",
                                               "fp32 1 thread vs all threads (smoke)", "bf16 step gradient vs fp32",
-                                              "compile = eager"}
+                                              "compile = eager", "probe on the device = on the CPU"}
     step = checks[("imagenet100", "step time")]["data"]["seconds"]
     assert step > 0 and len(checks[("imagenet100", "step time")]["data"]["all"]) == 2
     assert checks[("imagenet100", "lgm/floor")]["data"]["ratio"] == pytest.approx(
@@ -185,11 +185,11 @@ def test_gpu_check_smoke(tmp_path):
 def test_gpu_check_catches_a_perturbed_step(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--perturb", "--sections",
-                           "correctness,compile", "--out", str(tmp_path / "gc.json")], capture_output=True,
+                           "correctness,compile,evaluation", "--out", str(tmp_path / "gc.json")], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     verdicts = [r for r in gpu_check_rows(tmp_path / "gc.json") if r["status"] in ("pass", "FAIL")]
-    assert len(verdicts) == 5
+    assert len(verdicts) == 6
     assert all(r["status"] == "FAIL" for r in verdicts), [(r["check"], r["result"]) for r in verdicts]
 
 

@@ -64,7 +64,7 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
     neighbor_scores = ctx.score_images(train.load(neighbor_idx, res), train.labels[neighbor_idx], seeds)
     log(f"neighbors: {[round(a * 100, 1) for a in neighbor_scores['top1']['values']]}")
     full = train_probes(train_feats, train.labels, ds.num_classes, FULL_PROBE, [0],
-                        val=(ctx.val_features, ctx.val_labels))
+                        val=(ctx.val_features, ctx.val_labels), device=device)
     full_acc = float(topk(full, ctx.test_features, ctx.test_labels, 1)[0])
     log(f"full training set ({len(train)} images): {full_acc * 100:.1f} ({time.perf_counter() - t0:.0f} s)")
     return {

@@ -123,7 +123,7 @@ class EvalContext:
         pools = [self.view_pool(images, seed) for seed in seeds]
         # All repeats train together as one batched model (each with its own views and batch order).
         res = train_probes(torch.stack(pools), labels, self.num_classes, self.probe, seeds,
-                           val=(self.val_features, self.val_labels))
+                           val=(self.val_features, self.val_labels), device=self.device)
         top1 = topk(res, self.test_features, self.test_labels, 1).tolist()
         top5 = topk(res, self.test_features, self.test_labels, 5).tolist()
         epochs = res.epoch.tolist()
@@ -265,7 +265,7 @@ def evaluate_full_reference(ref: dict, cfg: EvalConfig, where: str = "full", log
         feats = stored_split_features(ds, "train", ctx.train_index, bb, res, crop, device, store)
         labels = ds.train.labels[ctx.train_index]
         probe = train_probes(feats, labels, ds.num_classes, probe_cfg, list(range(cfg.repeats)),
-                             val=(ctx.val_features, ctx.val_labels))
+                             val=(ctx.val_features, ctx.val_labels), device=device)
         top1 = topk(probe, ctx.test_features, ctx.test_labels, 1).tolist()
         top5 = topk(probe, ctx.test_features, ctx.test_labels, 5).tolist()
         nn1 = nearest_neighbor_top1(feats, labels, ctx.test_features, ctx.test_labels)

@@ -150,14 +150,23 @@ def _cosine_factor(step: int, total: int) -> float:
 
 
 def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seeds: list[int],
-                 val: tuple[torch.Tensor, torch.Tensor] | None = None) -> ProbeResult:
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 device: torch.device | str | None = None) -> ProbeResult:
     """Train one probe per seed on a views x N x f feature pool (``pool`` may also be N x f: one view,
     or R x views x N x f: a pool of its own for every repeat).
 
     With ``val`` (features, labels) and ``cfg.patience`` > 0, each repeat keeps
     its best-validation epoch and stops after ``patience`` epochs without
     improvement; otherwise it keeps its last epoch.
+
+    ``device`` (default: the pool's) is where the probes train; every random draw
+    (head init, views, order) comes from CPU generators whatever the device, so a
+    repeat draws the same on every device. The result is on the CPU.
     """
+    device = torch.device(device) if device is not None else pool.device
+    pool, labels = pool.to(device), labels.to(device)
+    if val is not None:
+        val = (val[0].to(device), val[1].to(device))
     if pool.dim() == 2:
         pool = pool.unsqueeze(0)
     pools = list(pool) if pool.dim() == 4 else [pool] * len(seeds)
@@ -174,13 +183,13 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     if cfg.head_init == "normal001":
         # Drawn before anything else from each repeat's generator (a repeat still equals its own run).
-        w = torch.stack([torch.randn(num_classes, dim, generator=g) * 0.01 for g in gens])
+        w = torch.stack([torch.randn(num_classes, dim, generator=g) * 0.01 for g in gens]).to(device)
     elif cfg.head_init == "zeros":
-        w = torch.zeros(reps, num_classes, dim)
+        w = torch.zeros(reps, num_classes, dim, device=device)
     else:
         raise ValueError(f"unknown probe head init {cfg.head_init!r}; choose zeros or normal001")
     w.requires_grad_(True)
-    b = torch.zeros(reps, num_classes, requires_grad=True)
+    b = torch.zeros(reps, num_classes, device=device, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=cfg.learning_rate(n), weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch)
     total = cfg.epochs * steps_per_epoch
@@ -193,10 +202,10 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
     sequential = cfg.view_order == "sequential"
     select = val is not None and cfg.patience > 0
     best_w, best_b = w.detach().clone(), b.detach().clone()
-    best_acc = torch.full((reps,), -1.0)
-    best_epoch = torch.full((reps,), cfg.epochs - 1, dtype=torch.long)
-    since = torch.zeros(reps, dtype=torch.long)
-    rows = torch.arange(n)
+    best_acc = torch.full((reps,), -1.0, device=device)
+    best_epoch = torch.full((reps,), cfg.epochs - 1, dtype=torch.long, device=device)
+    since = torch.zeros(reps, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)
     for epoch in range(cfg.epochs):
         picks, orders = [], []
         for g in gens:
@@ -205,8 +214,8 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
             else:
                 picks.append(torch.randint(views, (n,), generator=g))
             orders.append(torch.randperm(n, generator=g))
-        x_epoch = torch.stack([p[v, rows] for p, v in zip(pools, picks)])  # R x N x f
-        order = torch.stack(orders)  # R x N
+        x_epoch = torch.stack([p[v.to(device), rows] for p, v in zip(pools, picks)])  # R x N x f
+        order = torch.stack(orders).to(device)  # R x N
         for i in range(steps_per_epoch):
             idx = order[:, i * cfg.batch:(i + 1) * cfg.batch]  # R x B
             x = torch.gather(x_epoch, 1, idx[..., None].expand(-1, -1, dim))
@@ -230,8 +239,9 @@ def train_probes(pool: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg
             if not bool((since < cfg.patience).any()):
                 break
     if select:
-        return ProbeResult(best_w, best_b, best_epoch, best_acc)
-    return ProbeResult(w.detach(), b.detach(), torch.full((reps,), cfg.epochs - 1), torch.full((reps,), math.nan))
+        return ProbeResult(best_w.cpu(), best_b.cpu(), best_epoch.cpu(), best_acc.cpu())
+    return ProbeResult(w.detach().cpu(), b.detach().cpu(), torch.full((reps,), cfg.epochs - 1),
+                       torch.full((reps,), math.nan))
 
 
 def topk(result: ProbeResult, features: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
