@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lgm import devices, joint, real_side, selection, synthetic_side
+from lgm.step import GENERATOR_NAMES, Generators, distill_step, make_optimizer, matching_step, regrow_optimizer  # noqa: F401
 from lgm.artifacts import DistilledSet, atomic_write_json
 from lgm.augment import ViewAugmenter
 from lgm.backbone_spec import weights_record
@@ -46,106 +47,6 @@ __getattr__ = moved_names(__name__, {
     "cache_request": real_side, "resolve_real_side": real_side, "build_real_side": real_side,
     "real_aug_config": real_side,
 })
-
-GENERATOR_NAMES = ("init", "head", "aug", "real", "views")
-
-
-@dataclass
-class Generators:
-    """Every source of randomness of a run, each an explicit torch.Generator.
-
-    ``real`` indexes host memory and ``views`` draws one seed per step for the
-    synthetic views (see ``ViewAugmenter``), both on the CPU so that reading
-    them never waits for the device; the others draw on the compute device so
-    that noise and crops never cross the bus.
-    """
-
-    init: torch.Generator
-    head: torch.Generator
-    aug: torch.Generator
-    real: torch.Generator
-    views: torch.Generator
-    extra: dict[str, torch.Generator] = field(default_factory=dict)
-    """Generators of optional features (joint runs: per-backbone heads, the backbone schedule)."""
-
-    @classmethod
-    def from_seed(cls, seed: int, device: torch.device) -> "Generators":
-        gens = {}
-        for i, name in enumerate(GENERATOR_NAMES):
-            g = torch.Generator(device="cpu" if name in ("real", "views") else device)
-            g.manual_seed((seed << 8) | i)
-            gens[name] = g
-        return cls(**gens)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        states = {name: getattr(self, name).get_state() for name in GENERATOR_NAMES}
-        return states | {name: g.get_state() for name, g in self.extra.items()}
-
-    def load_state_tensors(self, states: dict[str, torch.Tensor]) -> None:
-        missing = [n for n in (*GENERATOR_NAMES, *self.extra) if n not in states]
-        if missing:
-            raise LgmError(f"the checkpoint lacks generator state(s) {', '.join(missing)} (written by an older lgm); "
-                           "start a new run directory")
-        for name in GENERATOR_NAMES:
-            getattr(self, name).set_state(states[name].cpu())
-        for name, g in self.extra.items():
-            g.set_state(states[name].cpu())
-
-
-def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
-
-
-def regrow_optimizer(old: torch.optim.Adam, syn: SyntheticImages, cfg: DistillConfig) -> torch.optim.Adam:
-    """A new Adam over the grown parameter set; moments carried over unless resetting (authors)."""
-    new = make_optimizer(list(syn.parameters()), cfg.lr)
-    if not cfg.reset_adam_on_growth:
-        for p in syn.parameters():
-            if p in old.state:
-                new.state[p] = old.state[p]
-    return new
-
-
-def distill_step(
-    syn: SyntheticImages,
-    syn_labels: torch.Tensor,
-    num_classes: int,
-    backbone: Backbone,
-    real: LiveReal | CachedReal,
-    optimizer: torch.optim.Optimizer,
-    gens: Generators,
-    cfg: DistillConfig,
-    views: ViewAugmenter,
-    autocast,
-    shard: Shard = SINGLE,
-) -> torch.Tensor:
-    """One Linear Gradient Matching update; returns the meta loss (a device tensor, no host sync).
-
-    With a ``shard`` of a torchrun group, this process handles its share of the
-    real batch and of the synthetic views (``lgm.distributed``); every process
-    ends with the same parameters.
-    """
-
-    # 1. A fresh random linear head.
-    w, b = sample_head(num_classes, backbone.feature_dim, gens.head, cfg.head_init)
-
-    # 2. Real side: the head gradient of a real batch (N*A images, each augmented once, by default).
-    g_real = real.gradient(w, b, real_side.real_batch_size(cfg, num_classes), gens.real, gens.aug, shard=shard)
-
-    # 3-4. Synthetic side: render, A independently augmented views of every image, features with autograd,
-    #      cosine distance between the two head gradients, backprop to the image parameters.
-    step_seed = int(torch.randint(0, 2**62, (1,), generator=gens.views))
-    optimizer.zero_grad(set_to_none=True)
-    if shard.active:
-        loss = synthetic_side.sharded_synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b,
-                                                         views, step_seed, cfg.chunk, autocast, shard)
-        shard.all_reduce_grads(list(syn.parameters()))
-    else:
-        loss = synthetic_side.synthetic_backward(syn, syn_labels.repeat(cfg.augs), backbone, g_real, w, b, views,
-                                                 step_seed, cfg.chunk, autocast)
-    optimizer.step()
-    return loss
-
 
 def init_from_real(syn: SyntheticImages, ds: ImageDataset, cfg: DistillConfig, device: torch.device) -> list[int]:
     """Start from ipc seeded random training images per class (class-major); returns their indices."""
@@ -227,9 +128,6 @@ def _distill(dataset, backbone, config: DistillConfig | None, out, held: context
 
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.on_bad_image) if isinstance(dataset, str) else dataset
     if cfg.joint:
-        if shard.active:
-            raise LgmError("joint multi-backbone distillation runs in one process; start it without torchrun "
-                           "(or with --nproc-per-node 1)")
         bbs = joint.load_backbones(specs, cfg, device)
         bb = bbs[0]
     else:
@@ -288,10 +186,13 @@ def _distill(dataset, backbone, config: DistillConfig | None, out, held: context
     autocast = devices.autocast_context(cfg, device)
     if cfg.joint:
         bbs = [speed_up_backbone(b, cfg) for b in bbs]
-        real = joint.build_joint_real(cfg, ds, bbs, device, autocast, run)
+        choices = shard.run_on_main(lambda: real_side.choose_real_sides(cfg, ds, bbs, None))
+        real = shard.build_main_first(lambda: real_side.build_real_sides(cfg, ds, bbs, choices, device, autocast,
+                                                                         run))
     else:
-        bb = speed_up_backbone(bb, cfg)
-        real = shard.build_main_first(lambda: _real_side(cfg, ds, bb, device, autocast, run, choice))
+        bbs = [speed_up_backbone(bb, cfg)]
+        real = shard.build_main_first(lambda: real_side.build_real_sides(cfg, ds, bbs, [choice], device, autocast,
+                                                                         run))
         if writer is not None:
             atomic_write_json(writer.path / real_side.REAL_SIDE_FILE, choice.to_dict())
         if choice.mode == "standalone" and shard.is_main:
@@ -347,12 +248,8 @@ def _distill(dataset, backbone, config: DistillConfig | None, out, held: context
                     shard.broadcast_params_(list(syn.parameters()))
                     optimizer = regrow_optimizer(optimizer, syn, cfg)
                 try:
-                    if cfg.joint:
-                        loss, parts = joint.joint_step(syn, syn_labels, ds.num_classes, bbs, real, optimizer, gens,
-                                                       cfg, views, autocast)
-                    else:
-                        loss, parts = distill_step(syn, syn_labels, ds.num_classes, bb, real, optimizer, gens, cfg,
-                                                   views, autocast, shard), {}
+                    loss, parts = matching_step(syn, syn_labels, ds.num_classes, bbs, real, optimizer, gens, cfg,
+                                                views, autocast, shard)
                 except torch.OutOfMemoryError:
                     in_flight = cfg.chunk or cfg.augs * len(syn_labels)
                     raise LgmError(
