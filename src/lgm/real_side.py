@@ -30,9 +30,9 @@ from lgm.augment import AugmentConfig
 from lgm.backbones import Backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, stratified_indices
+from lgm.distributed import SINGLE, Shard
 from lgm.errors import CorruptFileError, LgmError
 from lgm.feature_store import cache_root
-from lgm.distributed import SINGLE, Shard
 from lgm.features import CachedReal, LiveReal, compute_feature_cache, mean_gradient
 from lgm.real_cache import (SIZE_FIELDS, CacheFeaturesConfig, RealFeatureCache, cache_key, find_real_cache,
                              select_indices)
