@@ -67,3 +67,62 @@ def test_two_processes_equal_one(fashion_root, tmp_path, extra):
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == SETTINGS["steps"]
     assert json.loads((tmp_path / "two" / "distilled.json").read_text())["processes"] == 2
+
+
+TORCHRUN_JOINT_SCRIPT = """\
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_joint import register_test_toys
+register_test_toys()
+from lgm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("extra", [
+    # one backbone per step drawn by weight, live real side, chunked synthetic views
+    {"backbone_schedule": "sample", "chunk": 4, "steps": 6},
+    # both backbones every step, each with its per-run cache (rank 0 builds both), exact real gradient
+    pytest.param({"real_features": "cached", "real_gradient": "full", "cache_per_class": 6, "chunk": 5},
+                 marks=pytest.mark.slow),
+])
+def test_two_processes_equal_one_for_a_joint_run(fashion_root, tmp_path, extra):
+    from tests.test_joint import TEST_TOYS, register_test_toys
+
+    names = register_test_toys()
+    try:
+        settings = {**SETTINGS, **extra}
+        weights = (2.0, 1.0)  # seed 0 draws both backbones within the first steps
+        distill("fashion-mnist", names, out=tmp_path / "one", data_root=str(fashion_root), backbone_weights=weights,
+                **settings)
+    finally:
+        from lgm.backbones import BACKBONES
+
+        for name, *_ in TEST_TOYS:
+            BACKBONES._items.pop(name, None)
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "lgm_with_toys.py"
+    script.write_text(TORCHRUN_JOINT_SCRIPT.format(root=root))
+    src = str(Path(lgm.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           "distill", "--dataset", "fashion-mnist", "--backbone", ",".join(names), "--backbone-weights",
+           *map(str, weights), "--out", str(tmp_path / "two"), "--data-root", str(fashion_root)] + as_args(settings)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = synthetic_params(tmp_path / "one"), synthetic_params(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) > 1
+    for k in one:
+        rel = float((one[k] - two[k]).norm() / one[k].norm())
+        assert rel < 1e-5, (k, rel)
+    rows_one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows_two) == settings["steps"]
+    # The same backbone(s) every step (the schedule is drawn alike on every process), the same losses.
+    assert [sorted(k for k in r if k.startswith("loss/")) for r in rows_one] == \
+        [sorted(k for k in r if k.startswith("loss/")) for r in rows_two]
+    assert [r["loss"] for r in rows_two] == pytest.approx([r["loss"] for r in rows_one], rel=1e-5)
+    if extra.get("backbone_schedule") == "sample":
+        assert len({next(k for k in r if k.startswith("loss/")) for r in rows_one}) == 2, "both backbones drawn"
+    meta = json.loads((tmp_path / "two" / "distilled.json").read_text())
+    assert meta["processes"] == 2 and meta["backbone"] == names

@@ -55,7 +55,7 @@ class LiveReal:
         x, y = self.sample_views(n, sample_gen, shard)
         with torch.no_grad(), self.autocast:
             z = self.backbone.features(x)
-        return _mean_gradient(z, y, w, b, min(n, len(self.split)), shard)
+        return mean_gradient(z, y, w, b, min(n, len(self.split)), shard)
 
     def sample_views(self, n: int, sample_gen: torch.Generator, shard: Shard = SINGLE
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,14 +123,14 @@ class CachedReal:
                  aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> torch.Tensor:
         if n >= len(self):
             s, e = shard.bounds(len(self))
-            return _mean_gradient(self.features[s:e], self.labels[s:e], w, b, len(self), shard)
+            return mean_gradient(self.features[s:e], self.labels[s:e], w, b, len(self), shard)
         idx = torch.randperm(len(self), generator=sample_gen)[:n]
         s, e = shard.bounds(n)
         mine = idx[s:e].to(self.device, non_blocking=True)
-        return _mean_gradient(self.features[mine], self.labels[mine], w, b, n, shard)
+        return mean_gradient(self.features[mine], self.labels[mine], w, b, n, shard)
 
 
-def _mean_gradient(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int,
+def mean_gradient(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int,
                    shard: Shard) -> torch.Tensor:
     """Mean-loss head gradient of n rows of which this process holds z (sums all-reduced over the group)."""
     if not shard.active:

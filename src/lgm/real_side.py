@@ -1,11 +1,18 @@
-"""The real side of a step: which one a run uses, building it, and the record of the choice.
+"""The real side of a run: which one it uses, building it, the record of the choice, and its gradients.
 
-``--real-features`` picks live features (a backbone pass per real view and
-step), a per-run cache (``real_features.safetensors`` in the run directory) or
-a standalone cache (``lgm cache-features``, ``lgm.real_cache``);
-``resolve_real_side`` makes the choice (a resumed run keeps the one recorded in
-``real_side.json``) and ``build_real_side`` returns the object the step asks
-for a head gradient (``lgm.features``).
+The loop sees one object, ``RealSide``, and asks it one thing per step: the
+real head gradient on each active backbone. Around it:
+
+- choosing (``choose_real_sides``): ``--real-features`` picks live features (a
+  backbone pass per real view and step), a per-run cache
+  (``real_features.safetensors`` in the run directory; ``real_features.K``
+  for the K-th backbone of a joint run) or a standalone cache
+  (``lgm cache-features``, ``lgm.real_cache``); a resumed single-backbone
+  run keeps the choice recorded in ``real_side.json``;
+- building (``open_real_side``): rank 0 first under torchrun, so that the
+  other processes read the per-run cache it wrote;
+- recording (``record_real_side``): ``real_side.json``, and the artifact's
+  ``real_side`` entry.
 """
 
 from __future__ import annotations
@@ -14,18 +21,19 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
-from lgm.artifacts import atomic_save_tensors, load_tensors, read_json_object
+from lgm.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, read_json_object
 from lgm.augment import AugmentConfig
 from lgm.backbones import Backbone
 from lgm.config import DistillConfig
 from lgm.data import ImageDataset, stratified_indices
+from lgm.distributed import SINGLE, Shard
 from lgm.errors import CorruptFileError, LgmError
 from lgm.feature_store import cache_root
-from lgm.features import CachedReal, LiveReal, compute_feature_cache
+from lgm.features import CachedReal, LiveReal, compute_feature_cache, mean_gradient
 from lgm.real_cache import (SIZE_FIELDS, CacheFeaturesConfig, RealFeatureCache, cache_key, find_real_cache,
                              select_indices)
 from lgm.rundir import RunDir
@@ -133,6 +141,129 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
         atomic_save_tensors(cache_path, {"features": feats, "labels": labels},
                             metadata={"config_hash": cfg.hash(), "backbone": backbone.name, "dataset": ds.name})
     return CachedReal(feats, labels, device)
+
+
+def run_cache_file(cfg: DistillConfig, k: int) -> str:
+    """Per-run real-feature cache of the k-th backbone (a single-backbone run keeps the name it always had)."""
+    return f"real_features.{k}.safetensors" if cfg.joint else "real_features.safetensors"
+
+
+def choose_real_sides(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Backbone],
+                      run: RunDir | None) -> list[RealSideChoice]:
+    """The real side of every backbone of the run (picklable: rank 0 chooses, torchrun sends it to the others)."""
+    if not cfg.joint:
+        return [resolve_real_side(cfg, ds, backbones[0], run)[0]]
+    # A joint run: each backbone's standalone cache where one matches (issue 7); with --real-features live, or
+    # auto and no cache at all, the paper's live side for all; otherwise a per-run cache for every backbone
+    # without a standalone one (every backbone must see the same real views, row for row).
+    if cfg.real_features == "live":
+        return [RealSideChoice("live", "live")] * len(backbones)
+    choices = [resolve_real_side(cfg, ds, bb, None)[0] for bb in backbones]
+    if all(c.mode == "live" for c in choices):
+        return choices
+    return [RealSideChoice("run-cache", cfg.real_features) if c.mode == "live" else c for c in choices]
+
+
+def check_real_batch(cfg: DistillConfig, ds: ImageDataset, choices: Sequence[RealSideChoice]) -> None:
+    """A live real batch is drawn without replacement: it cannot exceed the training set."""
+    n_real = real_batch_size(cfg, ds.num_classes)
+    if any(c.mode == "live" for c in choices) and n_real > len(ds.train):
+        how = "--real-batch" if cfg.real_batch else f"ipc*augs*classes = {cfg.ipc}*{cfg.augs}*{ds.num_classes}"
+        raise LgmError(
+            f"the real batch ({how} = {n_real}) is larger than the training set of {ds.name} "
+            f"({len(ds.train)} images); lower --augs, --ipc or --real-batch"
+        )
+
+
+class RealSide:
+    """The real side as the loop sees it: one real batch per step, its head gradient on every active backbone.
+
+    Live: the images are sampled and augmented once (as ``LiveReal`` does) and
+    every active backbone takes its features of those same views. Cached: each
+    backbone has its own cache of the same augmented views (same images, same
+    crops, row for row), and the same rows are indexed in all of them. Under
+    torchrun each process takes its share of the batch and the head-gradient
+    sums are all-reduced (``lgm.features.mean_gradient``). ``choices`` is what
+    the run records.
+    """
+
+    def __init__(self, backbones: Sequence[Backbone], live: LiveReal | None = None,
+                 cached: Sequence[CachedReal] | None = None,
+                 choices: Sequence[RealSideChoice] | None = None) -> None:
+        if (live is None) == (cached is None):
+            raise ValueError("give either a live real side or one cache per backbone")
+        if cached is not None:
+            if len(cached) != len(backbones) or len({len(c) for c in cached}) != 1:
+                raise LgmError("the per-backbone real-feature caches of this run differ in length; delete the "
+                               "real_features.*.safetensors files of the run directory to rebuild them")
+        self.backbones, self.live, self.cached = list(backbones), live, None if cached is None else list(cached)
+        mode = "live" if live is not None else "run-cache"
+        self.choices = list(choices) if choices is not None else [RealSideChoice(mode, mode)] * len(self.backbones)
+
+    def __len__(self) -> int:
+        return len(self.live) if self.live is not None else len(self.cached[0])
+
+    @property
+    def record(self) -> RealSideChoice:
+        """The choice a run records (real_side.json, the artifact): the first backbone's."""
+        return self.choices[0]
+
+    def gradients(self, heads: dict[int, tuple[torch.Tensor, torch.Tensor]], n: int, sample_gen: torch.Generator,
+                  aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> dict[int, torch.Tensor]:
+        """Head gradient of the step's real batch for each backbone k in ``heads`` (the batch is drawn once)."""
+        if self.live is not None:
+            live = self.live
+            x, y = live.sample_views(n, sample_gen, shard)
+            with torch.no_grad(), live.autocast:
+                feats = {k: self.backbones[k].features(x) for k in heads}
+            size = min(n, len(live))
+            return {k: mean_gradient(feats[k], y, w, b, size, shard) for k, (w, b) in heads.items()}
+        first = self.cached[0]
+        if n >= len(first):
+            s, e = shard.bounds(len(first))
+            return {k: mean_gradient(self.cached[k].features[s:e], self.cached[k].labels[s:e], w, b, len(first),
+                                     shard) for k, (w, b) in heads.items()}
+        idx = torch.randperm(len(first), generator=sample_gen)[:n]
+        s, e = shard.bounds(n)
+        mine = idx[s:e].to(first.device, non_blocking=True)
+        return {k: mean_gradient(self.cached[k].features[mine], self.cached[k].labels[mine], w, b, n, shard)
+                for k, (w, b) in heads.items()}
+
+
+def build_real_sides(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Backbone],
+                     choices: Sequence[RealSideChoice], device: torch.device, autocast,
+                     run: RunDir | None) -> RealSide:
+    """The ``RealSide`` of the chosen sources (standalone caches are opened again here, by their path)."""
+    if all(c.mode == "live" for c in choices):
+        live = LiveReal(ds.train, cfg.res, cfg.crop, real_aug_config(cfg), backbones[0], device, autocast)
+        return RealSide(backbones, live=live, choices=choices)
+    if any(c.mode == "live" for c in choices):
+        raise ValueError("a real side is live for every backbone or for none")
+    cached = []
+    for k, (bb, choice) in enumerate(zip(backbones, choices)):
+        cache = RealFeatureCache.open(choice.cache_path) if choice.mode == "standalone" else None
+        cached.append(build_real_side(cfg, ds, bb, device, autocast, run, choice, cache,
+                                      cache_name=run_cache_file(cfg, k)))
+    return RealSide(backbones, cached=cached, choices=choices)
+
+
+def open_real_side(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Backbone],
+                   choices: Sequence[RealSideChoice], device: torch.device, autocast, run: RunDir | None,
+                   shard: Shard = SINGLE) -> RealSide:
+    """Build the real side (rank 0 first: the others find the per-run caches it wrote) and record the choice."""
+    side = shard.build_main_first(lambda: build_real_sides(cfg, ds, backbones, choices, device, autocast, run))
+    if shard.is_main:
+        record_real_side(cfg, side, run)
+    return side
+
+
+def record_real_side(cfg: DistillConfig, side: RealSide, run: RunDir | None) -> None:
+    """real_side.json (read back when a single-backbone run resumes), and a line for every standalone cache used."""
+    if run is not None and not cfg.joint:
+        atomic_write_json(run.path / REAL_SIDE_FILE, side.record.to_dict())
+    for k, choice in enumerate(side.choices):
+        if choice.mode == "standalone":
+            _log(f"real side: features from the cache {choice.cache_path} ({len(side.cached[k])} rows)")
 
 
 def real_aug_config(cfg: DistillConfig) -> AugmentConfig:
