@@ -282,12 +282,24 @@ class Experiment:
 
         @contextlib.contextmanager
         def guard():
-            timer = None
-            if self.deadline is not None:
-                timer = threading.Timer(max(0.0, self.deadline - time.time()),
-                                        lambda: os.kill(os.getpid(), signal.SIGTERM))
-                timer.daemon = True
-                timer.start()
+            if self.deadline is None:
+                yield
+                return
+
+            def outside_the_loop(signum, frame):  # lgm's loop has its own handler while it runs
+                raise BudgetReached("the time budget is spent (before or after the distillation's steps)")
+
+            done = threading.Event()
+
+            def watch() -> None:  # re-reads the deadline: it may be moved while the run goes on
+                while not done.wait(0.2):
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+
+            previous = signal.signal(signal.SIGTERM, outside_the_loop)
+            timer = threading.Thread(target=watch, daemon=True)
+            timer.start()
             try:
                 yield
             except Interrupted as e:
@@ -295,8 +307,9 @@ class Experiment:
                     raise BudgetReached(f"the time budget is spent ({e})") from None
                 raise
             finally:
-                if timer is not None:
-                    timer.cancel()
+                done.set()
+                timer.join()
+                signal.signal(signal.SIGTERM, previous)
         return guard()
 
     def cached_eval(self, path: Path, compute) -> dict:

@@ -116,6 +116,33 @@ def test_budget_spent_starts_nothing(experiment):
     assert late.run(je.plan(["lite0"], [0])) == [] and not late.results.exists()
 
 
+def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experiment, monkeypatch):
+    import time
+
+    step = lgm.distillation.distill_step
+
+    started = []
+
+    def slow_step(*args, **kw):  # 12 steps of 0.3 s: the deadline falls in the middle
+        if not started:
+            started.append(time.time())
+            exp.deadline = started[0] + 1.5
+        time.sleep(0.3)
+        return step(*args, **kw)
+
+    logged = []
+    exp = experiment("x")
+    exp.log = logged.append
+    monkeypatch.setattr(lgm.distillation, "distill_step", slow_step)
+    exp.deadline = time.time() + 60  # moved to 1.5 s after the first step once it starts (the timer is armed then)
+    assert exp.run(je.plan(["lite0"], [0])) == []
+    assert "the time budget is spent (stopped by SIGTERM" in logged[-1]
+    stopped = lgm.rundir.RunDir(exp.work / "lite0_s0").load_checkpoint().step
+    assert 0 < stopped < 12 and not (exp.results / "lite0_s0").exists()
+    exp.deadline = None
+    assert exp.run(je.plan(["lite0"], [0])) == ["lite0_s0"]
+
+
 def test_max_sets_stops_after_that_many_tasks(experiment):
     exp = experiment("x")
     assert exp.run(je.plan(["lite0"], [0, 1, 2]), max_sets=2) == ["lite0_s0", "lite0_s1"]
