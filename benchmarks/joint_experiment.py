@@ -66,7 +66,8 @@ BASELINES = "baselines"
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that determines a result; its hash is recorded in every result and checked before a skip."""
+    """Everything that determines a result; its hash is recorded in every result and checked before a skip
+    (a new field changes the hash of every committed result: leave it out of ``digest`` at its default)."""
 
     backbones: dict[str, str]
     """Role -> backbone name."""
@@ -174,14 +175,20 @@ class Experiment:
                 break
             try:
                 self.check_budget()
-                made += self.baselines() if seed is None else [self.distilled_set(name, seed)]
+                if seed is None:
+                    self.baselines(made)
+                else:
+                    made.append(self.distilled_set(name, seed))
             except BudgetReached as e:
                 self.log(f"{e}; re-run the same command to go on")
                 break
             finished += 1
-            if self.doc is not None:
-                write_doc_table(self.doc, self.results, self.settings)
         return made
+
+    def result_written(self) -> None:
+        """After every result (each baseline backbone's too): the doc's table, so that it matches the results."""
+        if self.doc is not None:
+            write_doc_table(self.doc, self.results, self.settings)
 
     def check_budget(self) -> None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -271,6 +278,7 @@ class Experiment:
                   "images_png_sha256": hashlib.sha256(png).hexdigest(),
                   "images_png_layout": "one row, class-major, each image res x res, 8-bit RGB"}
         write_result_dir(self.results / name, {"images.png": png, "eval.json": dumps(evals), "set.json": dumps(record)})
+        self.result_written()
         self.log(f"{name}: done -> {self.results / name}")
         return name
 
@@ -339,12 +347,12 @@ class Experiment:
 
     # -- baselines
 
-    def baselines(self) -> list[str]:
+    def baselines(self, made: list[str]) -> None:
+        """Each evaluating backbone's baselines not in the results yet; appends the name of each one made."""
         from lgm.artifacts import DistilledSet
         from lgm.baselines import BaselineConfig, make_baselines
         from lgm.evaluate import evaluate_full_reference, load_full_reference
 
-        made = []
         d = self.settings.distill
         for bb in self.settings.backbones.values():
             name = f"{BASELINES}_{bb}"
@@ -377,9 +385,9 @@ class Experiment:
                 else:
                     record[kind] = entry
             write_result_dir(self.results / name, {"baselines.json": dumps(record)})
+            self.result_written()
             self.log(f"{name}: done -> {self.results / name}")
             made.append(name)
-        return made
 
 
 def compact_scores(r: dict) -> dict:
@@ -548,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-root")
     ap.add_argument("--cache-dir", help="feature store and real caches (default $LGM_CACHE_DIR, else ~/.cache/lgm)")
-    ap.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    ap.add_argument("--table", action="store_true", help="print the table of --results (and write it into --doc) "
+                    "and exit")
     ap.add_argument("--smoke", action="store_true", help="toy backbones, tiny data in a temporary directory")
     args = ap.parse_args(argv)
     from lgm.errors import LgmError
@@ -559,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         register_smoke_backbones()
     if args.table:
         print(table(args.results, settings))
+        if args.doc is not None:
+            write_doc_table(args.doc, args.results, settings)
         return 0
     sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in sets if s not in SETS and s != BASELINES]

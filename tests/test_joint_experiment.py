@@ -143,6 +143,27 @@ def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experimen
     assert exp.run(je.plan(["lite0"], [0])) == ["lite0_s0"]
 
 
+def test_doc_table_follows_every_result_even_when_the_budget_ends_the_baselines_midway(experiment, tmp_path):
+    import time
+
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{je.DOC_BEGIN}\n{je.DOC_END}\n")
+
+    def log(message):
+        if message.startswith("baselines_toy_smoke_a: done"):
+            exp.deadline = time.time() - 1  # spent: the next backbone's baselines do not start
+
+    exp = experiment("x", doc=doc)
+    exp.log = log
+    assert exp.run(je.plan(["baselines", "lite0"], [0])) == ["baselines_toy_smoke_a"]
+    assert sorted(p.name for p in exp.results.iterdir()) == ["baselines_toy_smoke_a"]
+    table = je.doc_table(doc)
+    assert table == je.table(exp.results, je.SMOKE_SETTINGS)
+    line = next(line for line in table.splitlines() if line.startswith("| centroids"))
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert cells[2] != "–" and cells[3:5] == ["–", "–"]  # the first backbone's, not yet the other two
+
+
 def test_max_sets_stops_after_that_many_tasks(experiment):
     exp = experiment("x")
     assert exp.run(je.plan(["lite0"], [0, 1, 2]), max_sets=2) == ["lite0_s0", "lite0_s1"]
