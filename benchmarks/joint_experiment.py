@@ -153,12 +153,13 @@ class BudgetReached(Exception):
 
 
 class Experiment:
-    def __init__(self, settings: Settings, work: Path, results: Path, data_root: str | None = None,
-                 cache_dir: str | None = None, device: str = "cpu", doc: Path | None = None,
+    def __init__(self, settings: Settings, work: str | Path, results: str | Path, data_root: str | None = None,
+                 cache_dir: str | None = None, device: str = "cpu", doc: str | Path | None = None,
                  deadline: float | None = None, log=None) -> None:
-        self.settings, self.work, self.results = settings, work, results
+        self.settings, self.work, self.results = settings, Path(work), Path(results)
         self.data_root, self.cache_dir, self.device = data_root, cache_dir, device
-        self.doc, self.deadline = doc, deadline
+        self.doc, self.deadline = (None if doc is None else Path(doc)), deadline
+        self.checkpoint_every = CHECKPOINT_EVERY
         self.log = log or (lambda m: print(f"joint_experiment: {m}", file=sys.stderr, flush=True))
 
     # -- running
@@ -222,7 +223,7 @@ class Experiment:
         joint = {"backbone_schedule": schedule} if schedule else {}
         return DistillConfig(dataset=self.settings.dataset, backbone=names if schedule else names[0], seed=seed,
                              device=self.device, data_root=self.data_root, cache_dir=str(self.real_cache_root(seed)),
-                             checkpoint_every=CHECKPOINT_EVERY, progress=False, **self.settings.distill, **joint)
+                             checkpoint_every=self.checkpoint_every, progress=False, **self.settings.distill, **joint)
 
     def real_cache_root(self, seed: int) -> Path:
         """Where this seed's real-feature caches live, and nothing else: a distillation takes any standalone cache

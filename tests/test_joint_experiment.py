@@ -69,13 +69,72 @@ def test_interrupted_set_finishes_bit_identical_to_an_uninterrupted_one(experime
     assert (reference.work / f"{set_name}_s0" / "distilled.safetensors").read_bytes() == \
         (run_dir / "distilled.safetensors").read_bytes()
     ev_a, ev_b = json.loads(a["eval.json"]), json.loads(b["eval.json"])
-    assert [ev_a[n]["top1"]["values"] for n in sorted(ev_a)] == [ev_b[n]["top1"]["values"] for n in sorted(ev_b)]
+    assert without_seconds(ev_a) == without_seconds(ev_b) and sorted(ev_a) == ["toy_smoke_a", "toy_smoke_b",
+                                                                              "toy_smoke_c"]
     set_a, set_b = json.loads(a["set.json"]), json.loads(b["set.json"])
     assert {k: v for k, v in set_a.items() if k != "seconds"} == {k: v for k, v in set_b.items() if k != "seconds"}
     # The committed 8-bit images are the distilled ones, rounded (what the probes scored).
     images = je.load_result(resumed.results / f"{set_name}_s0").images
     made = lgm.DistilledSet.load(run_dir).images
     assert images.shape == made.shape and (images - made).abs().max() <= 0.5 / 255 + 1e-6
+
+
+# Run in a child process that is then SIGKILLed: the smoke experiment with a slowed-down step (so that the kill
+# lands mid-distillation) and a checkpoint every 4 steps.
+CHILD = """
+import sys, time
+sys.path.insert(0, {bench!r})
+import joint_experiment as je
+import lgm.distillation
+step = lgm.distillation.distill_step
+def slow_step(*args, **kw):
+    time.sleep(0.25)
+    return step(*args, **kw)
+lgm.distillation.distill_step = slow_step
+je.register_smoke_backbones()
+exp = je.Experiment(je.SMOKE_SETTINGS, {work!r}, {results!r}, data_root={data!r}, cache_dir={cache!r})
+exp.checkpoint_every = 4
+exp.run(je.plan([{set_name!r}], [0]))
+"""
+
+
+def test_sigkilled_mid_distillation_then_rerun_equals_an_uninterrupted_run(experiment, fashion_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    set_name = "joint-all"
+    reference = experiment("reference")
+    reference.run(je.plan([set_name], [0]))
+    resumed = experiment("resumed")
+    resumed.checkpoint_every = 4
+    run_dir = resumed.work / f"{set_name}_s0"
+    code = CHILD.format(bench=str(ROOT / "benchmarks"), work=str(resumed.work), results=str(resumed.results),
+                        data=str(fashion_root), cache=str(resumed.cache_dir), set_name=set_name)
+    child = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoint.safetensors").is_file() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert child.poll() is None, child.stderr.read().decode()
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = lgm.rundir.RunDir(run_dir).load_checkpoint().step
+    assert 0 < killed_at < 12 and not (resumed.results / f"{set_name}_s0").exists()
+    assert resumed.run(je.plan([set_name], [0])) == [f"{set_name}_s0"]
+    a, b = files(reference.results / f"{set_name}_s0"), files(resumed.results / f"{set_name}_s0")
+    assert a["images.png"] == b["images.png"]
+    assert without_seconds(json.loads(a["eval.json"])) == without_seconds(json.loads(b["eval.json"]))
+
+
+def without_seconds(evals: dict) -> dict:
+    return {bb: {k: v for k, v in r.items() if k != "seconds"} for bb, r in evals.items()}
 
 
 def test_finished_results_are_not_redone_even_without_the_work_directory(experiment):
