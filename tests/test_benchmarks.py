@@ -38,7 +38,7 @@ def numbers(pattern: str, text: str) -> list[float]:
 
 def test_every_script_has_a_smoke_test():
     tested = {"demo_variants.py", "eval_time.py", "features.py", "joint_table.sh", "joint_table_summary.py",
-              "loader.py", "real_gradient_noise.py", "real_modes.py", "step.py", "gpu_check.py"}
+              "joint_experiment.py", "loader.py", "real_gradient_noise.py", "real_modes.py", "step.py", "gpu_check.py"}
     scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh") and not p.name.startswith("_")}
     assert scripts <= tested, f"benchmarks without a smoke test here: {sorted(scripts - tested)}"
 
@@ -106,6 +106,19 @@ def test_joint_table_summary_smoke():
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_joint_experiment_smoke():
+    out = run_script("joint_experiment.py", "--smoke", "--seeds", "0")
+    assert "made now: baselines_toy_smoke_a, baselines_toy_smoke_b, baselines_toy_smoke_c, lite0_s0, opennsfw_s0, " \
+           "joint-all_s0, joint-sample_s0" in out
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ")][1:]
+    assert len(rows) == 7  # 4 sets, centroids, random, full
+    # every set on the 3 backbones and its mean, every baseline on the 3 backbones ("–" would fail here)
+    cells = [c for row in rows[:4] for c in row[2:6]] + [c for row in rows[4:] for c in row[2:5]]
+    values = [float(c.strip("*").split(" ±")[0]) for c in cells]
+    assert len(values) == 25 and all(0 <= v <= 100 for v in values), rows
+
+
 def test_joint_table_dry_run_commands_parse(tmp_path, monkeypatch):
     """DRY_RUN=1 prints the script's commands; each one must be accepted by lgm's own CLI."""
     import lgm.cli

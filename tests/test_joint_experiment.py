@@ -1,0 +1,267 @@
+"""benchmarks/joint_experiment.py (issue 22): resumable, skips what the results hold, and the committed table.
+
+Toy backbones (the script's smoke settings), tiny Fashion-MNIST, CPU, seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+import lgm.distillation
+import lgm.rundir
+from lgm.errors import LgmError
+from tests.test_distill import StopAfter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("joint_experiment", ROOT / "benchmarks" / "joint_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("joint_experiment", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+je = load_script()
+
+
+@pytest.fixture()
+def experiment(fashion_root, tmp_path):
+    je.register_smoke_backbones()
+
+    def make(name: str, **kw):
+        return je.Experiment(je.SMOKE_SETTINGS, tmp_path / name / "work", tmp_path / name / "results",
+                             data_root=str(fashion_root), cache_dir=str(tmp_path / "cache"), log=lambda m: None, **kw)
+    return make
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("set_name", ["lite0", "joint-sample"])
+def test_interrupted_set_finishes_bit_identical_to_an_uninterrupted_one(experiment, monkeypatch, set_name):
+    reference = experiment("reference")
+    assert reference.run(je.plan([set_name], [0])) == [f"{set_name}_s0"]
+
+    resumed = experiment("resumed")
+    StopAfter.n = 7
+    monkeypatch.setattr(lgm.distillation, "StopSignals", StopAfter)
+    with pytest.raises(lgm.rundir.Interrupted, match=r"stopped by SIGTERM at step 8/12"):
+        resumed.run(je.plan([set_name], [0]))
+    run_dir = resumed.work / f"{set_name}_s0"
+    assert lgm.rundir.RunDir(run_dir).load_checkpoint().step == 8
+    assert not (resumed.results / f"{set_name}_s0").exists()  # nothing half-written in the results
+    monkeypatch.undo()
+    assert resumed.run(je.plan([set_name], [0])) == [f"{set_name}_s0"]
+    assert [r["step"] for r in lgm.rundir.RunDir(run_dir).read_metrics()] == list(range(12))
+
+    a, b = files(reference.results / f"{set_name}_s0"), files(resumed.results / f"{set_name}_s0")
+    assert a.keys() == b.keys() == {"images.png", "eval.json", "set.json"}
+    assert a["images.png"] == b["images.png"]
+    assert (reference.work / f"{set_name}_s0" / "distilled.safetensors").read_bytes() == \
+        (run_dir / "distilled.safetensors").read_bytes()
+    ev_a, ev_b = json.loads(a["eval.json"]), json.loads(b["eval.json"])
+    assert without_seconds(ev_a) == without_seconds(ev_b) and sorted(ev_a) == ["toy_smoke_a", "toy_smoke_b",
+                                                                              "toy_smoke_c"]
+    set_a, set_b = json.loads(a["set.json"]), json.loads(b["set.json"])
+    assert {k: v for k, v in set_a.items() if k != "seconds"} == {k: v for k, v in set_b.items() if k != "seconds"}
+    # The committed 8-bit images are the distilled ones, rounded (what the probes scored).
+    images = je.load_result(resumed.results / f"{set_name}_s0").images
+    made = lgm.DistilledSet.load(run_dir).images
+    assert images.shape == made.shape and (images - made).abs().max() <= 0.5 / 255 + 1e-6
+
+
+# Run in a child process that is then SIGKILLed: the smoke experiment with a slowed-down step (so that the kill
+# lands mid-distillation) and a checkpoint every 4 steps.
+CHILD = """
+import sys, time
+sys.path.insert(0, {bench!r})
+import joint_experiment as je
+import lgm.distillation
+step = lgm.distillation.distill_step
+def slow_step(*args, **kw):
+    time.sleep(0.25)
+    return step(*args, **kw)
+lgm.distillation.distill_step = slow_step
+je.register_smoke_backbones()
+exp = je.Experiment(je.SMOKE_SETTINGS, {work!r}, {results!r}, data_root={data!r}, cache_dir={cache!r})
+exp.checkpoint_every = 4
+exp.run(je.plan([{set_name!r}], [0]))
+"""
+
+
+def test_sigkilled_mid_distillation_then_rerun_equals_an_uninterrupted_run(experiment, fashion_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    set_name = "joint-all"
+    reference = experiment("reference")
+    reference.run(je.plan([set_name], [0]))
+    resumed = experiment("resumed")
+    resumed.checkpoint_every = 4
+    run_dir = resumed.work / f"{set_name}_s0"
+    code = CHILD.format(bench=str(ROOT / "benchmarks"), work=str(resumed.work), results=str(resumed.results),
+                        data=str(fashion_root), cache=str(resumed.cache_dir), set_name=set_name)
+    child = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoint.safetensors").is_file() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert child.poll() is None, child.stderr.read().decode()
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = lgm.rundir.RunDir(run_dir).load_checkpoint().step
+    assert 0 < killed_at < 12 and not (resumed.results / f"{set_name}_s0").exists()
+    assert resumed.run(je.plan([set_name], [0])) == [f"{set_name}_s0"]
+    a, b = files(reference.results / f"{set_name}_s0"), files(resumed.results / f"{set_name}_s0")
+    assert a["images.png"] == b["images.png"]
+    assert without_seconds(json.loads(a["eval.json"])) == without_seconds(json.loads(b["eval.json"]))
+
+
+def without_seconds(evals: dict) -> dict:
+    return {bb: {k: v for k, v in r.items() if k != "seconds"} for bb, r in evals.items()}
+
+
+def test_finished_results_are_not_redone_even_without_the_work_directory(experiment):
+    import shutil
+
+    first = experiment("x")
+    tasks = je.plan(["baselines", "lite0", "opennsfw"], [0])
+    assert first.run(tasks) == ["baselines_toy_smoke_a", "baselines_toy_smoke_b", "baselines_toy_smoke_c",
+                                "lite0_s0", "opennsfw_s0"]
+    before = {p: p.stat().st_mtime_ns for p in first.results.rglob("*")}
+    shutil.rmtree(first.work)
+    logged = []
+    again = je.Experiment(first.settings, first.work, first.results, first.data_root, first.cache_dir,
+                          log=logged.append)
+    assert again.run(tasks) == []
+    assert {p: p.stat().st_mtime_ns for p in first.results.rglob("*")} == before
+    assert not first.work.exists() and len([m for m in logged if m.endswith("skipped")]) == 3
+    # A new seed is added beside them; the finished ones stay as they are.
+    assert again.run(je.plan(["lite0"], [0, 1])) == ["lite0_s1"]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_a_result_of_other_settings_is_refused(experiment):
+    import dataclasses
+
+    first = experiment("x")
+    first.run(je.plan(["lite0"], [0]))
+    other = dataclasses.replace(je.SMOKE_SETTINGS, repeats=3)
+    with pytest.raises(LgmError, match=r"lite0_s0/set.json was made with other settings"):
+        je.Experiment(other, first.work, first.results, first.data_root, first.cache_dir, log=lambda m: None).run(
+            je.plan(["lite0"], [0]))
+
+
+def test_budget_spent_starts_nothing(experiment):
+    import time
+
+    late = experiment("late", deadline=time.time() - 1)
+    assert late.run(je.plan(["lite0"], [0])) == [] and not late.results.exists()
+
+
+def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experiment, monkeypatch):
+    import time
+
+    step = lgm.distillation.distill_step
+
+    started = []
+
+    def slow_step(*args, **kw):  # 12 steps of 0.3 s: the deadline falls in the middle
+        if not started:
+            started.append(time.time())
+            exp.deadline = started[0] + 1.5
+        time.sleep(0.3)
+        return step(*args, **kw)
+
+    logged = []
+    exp = experiment("x")
+    exp.log = logged.append
+    monkeypatch.setattr(lgm.distillation, "distill_step", slow_step)
+    exp.deadline = time.time() + 60  # moved to 1.5 s after the first step once it starts (the timer is armed then)
+    assert exp.run(je.plan(["lite0"], [0])) == []
+    assert "the time budget is spent (stopped by SIGTERM" in logged[-1]
+    stopped = lgm.rundir.RunDir(exp.work / "lite0_s0").load_checkpoint().step
+    assert 0 < stopped < 12 and not (exp.results / "lite0_s0").exists()
+    exp.deadline = None
+    assert exp.run(je.plan(["lite0"], [0])) == ["lite0_s0"]
+
+
+def test_doc_table_follows_every_result_even_when_the_budget_ends_the_baselines_midway(experiment, tmp_path):
+    import time
+
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{je.DOC_BEGIN}\n{je.DOC_END}\n")
+
+    def log(message):
+        if message.startswith("baselines_toy_smoke_a: done"):
+            exp.deadline = time.time() - 1  # spent: the next backbone's baselines do not start
+
+    exp = experiment("x", doc=doc)
+    exp.log = log
+    assert exp.run(je.plan(["baselines", "lite0"], [0])) == ["baselines_toy_smoke_a"]
+    assert sorted(p.name for p in exp.results.iterdir()) == ["baselines_toy_smoke_a"]
+    table = je.doc_table(doc)
+    assert table == je.table(exp.results, je.SMOKE_SETTINGS)
+    line = next(line for line in table.splitlines() if line.startswith("| centroids"))
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert cells[2] != "–" and cells[3:5] == ["–", "–"]  # the first backbone's, not yet the other two
+
+
+def test_max_sets_stops_after_that_many_tasks(experiment):
+    exp = experiment("x")
+    assert exp.run(je.plan(["lite0"], [0, 1, 2]), max_sets=2) == ["lite0_s0", "lite0_s1"]
+
+
+def test_plan_puts_the_cheap_slice_first():
+    assert je.plan(["joint-all", "lite0", "baselines", "opennsfw", "joint-sample"], [0, 1]) == [
+        ("baselines", None), ("lite0", 0), ("lite0", 1), ("opennsfw", 0), ("joint-all", 0), ("joint-sample", 0),
+        ("opennsfw", 1), ("joint-all", 1), ("joint-sample", 1)]
+
+
+def test_table_is_read_from_the_result_files(experiment, tmp_path):
+    exp = experiment("x")
+    exp.run(je.plan(["baselines", "lite0"], [0, 1]))
+    text = je.table(exp.results, je.SMOKE_SETTINGS)
+    row = next(line for line in text.splitlines() if line.startswith("| single, toy_smoke_a |"))
+    values = [json.loads((exp.results / f"lite0_s{s}" / "eval.json").read_text())["toy_smoke_a"]["top1"]["mean"]
+              for s in (0, 1)]
+    mean, std = statistics.fmean(values) * 100, statistics.pstdev(values) * 100
+    assert row.split(" | ")[1] == "0,1" and row.split(" | ")[2] == f"**{mean:.1f} ± {std:.1f}**"
+    # An edited result file shows in the regenerated table (and so in the doc test below).
+    path = exp.results / "lite0_s1" / "eval.json"
+    ev = json.loads(path.read_text())
+    ev["toy_smoke_a"]["top1"]["mean"] = 0.123
+    path.write_text(json.dumps(ev))
+    assert je.table(exp.results, je.SMOKE_SETTINGS) != text
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{je.DOC_BEGIN}\nold\n{je.DOC_END}\nafter\n")
+    je.write_doc_table(doc, exp.results, je.SMOKE_SETTINGS)
+    assert je.doc_table(doc) == je.table(exp.results, je.SMOKE_SETTINGS)
+    assert doc.read_text().startswith("intro\n") and doc.read_text().endswith(f"{je.DOC_END}\nafter\n")
+
+
+def test_committed_results_regenerate_the_table_in_docs_joint_md():
+    results = ROOT / "docs" / "results" / "joint"
+    assert je.doc_table(ROOT / "docs" / "joint.md") == je.table(results, je.SETTINGS)
+
+
+def test_committed_results_are_small():
+    results = ROOT / "docs" / "results" / "joint"
+    total = sum(p.stat().st_size for p in results.rglob("*") if p.is_file()) if results.exists() else 0
+    assert total < 20 * 2**20
