@@ -86,11 +86,11 @@ import sys, time
 sys.path.insert(0, {bench!r})
 import joint_experiment as je
 import lgm.distillation
-step = lgm.distillation.distill_step
+step = lgm.distillation.matching_step
 def slow_step(*args, **kw):
     time.sleep(0.25)
     return step(*args, **kw)
-lgm.distillation.distill_step = slow_step
+lgm.distillation.matching_step = slow_step
 je.register_smoke_backbones()
 exp = je.Experiment(je.SMOKE_SETTINGS, {work!r}, {results!r}, data_root={data!r}, cache_dir={cache!r})
 exp.checkpoint_every = 4
@@ -178,7 +178,7 @@ def test_budget_spent_starts_nothing(experiment):
 def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experiment, monkeypatch):
     import time
 
-    step = lgm.distillation.distill_step
+    step = lgm.distillation.matching_step
 
     started = []
 
@@ -192,7 +192,7 @@ def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experimen
     logged = []
     exp = experiment("x")
     exp.log = logged.append
-    monkeypatch.setattr(lgm.distillation, "distill_step", slow_step)
+    monkeypatch.setattr(lgm.distillation, "matching_step", slow_step)
     exp.deadline = time.time() + 60  # moved to 1.5 s after the first step once it starts (the timer is armed then)
     assert exp.run(je.plan(["lite0"], [0])) == []
     assert "the time budget is spent (stopped by SIGTERM" in logged[-1]
