@@ -151,6 +151,15 @@ def test_moved_names_still_import_from_their_old_module_with_a_warning(old, name
     assert value is getattr(importlib.import_module(new), name)
 
 
+def test_a_renamed_class_warns_with_its_new_name_and_is_that_class():
+    import lgm.joint
+    import lgm.real_side
+
+    with pytest.warns(DeprecationWarning, match=r"lgm.joint.JointReal has moved to lgm.real_side.RealSide"):
+        value = lgm.joint.JointReal
+    assert value is lgm.real_side.RealSide
+
+
 def test_an_unknown_name_is_still_an_attribute_error():
     import lgm.distillation
 
