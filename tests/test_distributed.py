@@ -43,6 +43,21 @@ def test_shard_bounds_cover_everything_once():
             assert max(e - s for s, e in parts) - min(e - s for s, e in parts) <= 1
 
 
+def torchrun_env() -> dict:
+    """The environment of a torchrun child: this checkout's lgm first on the path, one thread per process."""
+    src = str(Path(lgm.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def assert_same_params(run_one: Path, run_two: Path) -> None:
+    """The synthetic parameters of two runs agree within 1e-5 relative, tensor by tensor."""
+    one, two = synthetic_params(run_one), synthetic_params(run_two)
+    assert one.keys() == two.keys() and len(one) > 1
+    for k in one:
+        rel = float((one[k] - two[k]).norm() / one[k].norm())
+        assert rel < 1e-5, (k, rel)
+
+
 @pytest.mark.parametrize("extra", [
     {"chunk": 4},  # live real side (shards of the real batch), chunked synthetic views
     # exact gradient over a per-run cache (rank 0 builds it, the other reads it); a second torchrun launch
@@ -51,18 +66,13 @@ def test_shard_bounds_cover_everything_once():
 def test_two_processes_equal_one(fashion_root, tmp_path, extra):
     settings = {**SETTINGS, **extra}
     distill("fashion-mnist", "toy_cnn", out=tmp_path / "one", data_root=str(fashion_root), **settings)
-    src = str(Path(lgm.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lgm",
            "distill", "--dataset", "fashion-mnist", "--backbone", "toy_cnn", "--out", str(tmp_path / "two"),
            "--data-root", str(fashion_root)] + as_args(settings)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = synthetic_params(tmp_path / "one"), synthetic_params(tmp_path / "two")
-    assert one.keys() == two.keys() and len(one) > 1
-    for k in one:
-        rel = float((one[k] - two[k]).norm() / one[k].norm())
-        assert rel < 1e-5, (k, rel)
+    assert_same_params(tmp_path / "one", tmp_path / "two")
     # Only rank 0 wrote (one metrics line per step).
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == SETTINGS["steps"]
@@ -103,18 +113,13 @@ def test_two_processes_equal_one_for_a_joint_run(fashion_root, tmp_path, extra):
     root = str(Path(__file__).resolve().parents[1])
     script = tmp_path / "lgm_with_toys.py"
     script.write_text(TORCHRUN_JOINT_SCRIPT.format(root=root))
-    src = str(Path(lgm.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
            "distill", "--dataset", "fashion-mnist", "--backbone", ",".join(names), "--backbone-weights",
            *map(str, weights), "--out", str(tmp_path / "two"), "--data-root", str(fashion_root)] + as_args(settings)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = synthetic_params(tmp_path / "one"), synthetic_params(tmp_path / "two")
-    assert one.keys() == two.keys() and len(one) > 1
-    for k in one:
-        rel = float((one[k] - two[k]).norm() / one[k].norm())
-        assert rel < 1e-5, (k, rel)
+    assert_same_params(tmp_path / "one", tmp_path / "two")
     rows_one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     rows_two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows_two) == settings["steps"]

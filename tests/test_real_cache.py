@@ -52,6 +52,19 @@ def test_round_trip_features_equal_direct_ones(fashion_root, tmp_path):
     assert meta["key"]["backbone"] == "toy_cnn" and meta["key"]["format"] == 1
 
 
+def counting_backbone():
+    """The toy backbone, and a dict whose "n" counts its ``features`` calls (one per computed chunk)."""
+    bb, calls = load_backbone("toy_cnn"), {"n": 0}
+    inner = bb.features
+
+    def counting(x):
+        calls["n"] += 1
+        return inner(x)
+
+    bb.features = counting
+    return bb, calls
+
+
 def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(fashion_root, tmp_path, monkeypatch):
     reference = build(fashion_root, out=str(tmp_path / "ref"))
     calls = {"n": 0}
@@ -79,15 +92,7 @@ def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(fashion_root,
         RealFeatureCache.open(tmp_path / "c")
     monkeypatch.undo()
     logs = []
-    counted = load_backbone("toy_cnn")
-    n_calls = {"n": 0}
-    inner = counted.features
-
-    def counting(x):
-        n_calls["n"] += 1
-        return inner(x)
-
-    counted.features = counting
+    counted, n_calls = counting_backbone()
     resumed = build_real_cache(cfg, ds, counted, CPU, contextlib.nullcontext(), log=logs.append)
     assert n_calls["n"] == 16 - 5, "only the missing chunks are computed"
     assert any("resuming" in m and "chunk 5/16" in m for m in logs)
@@ -249,15 +254,8 @@ def test_resume_recomputes_a_done_chunk_whose_rows_changed_on_disk(fashion_root,
     rows[2 * 7 + 3] = -rows[2 * 7 + 3]  # a row of chunk 2 (7 images per chunk), as a bad disk would leave it
     rows.flush()
     del rows
-    logs, counted = [], {"n": 0}
-    fresh = load_backbone("toy_cnn")
-    inner = fresh.features
-
-    def counting(x):
-        counted["n"] += 1
-        return inner(x)
-
-    fresh.features = counting
+    logs = []
+    fresh, counted = counting_backbone()
     resumed = build_real_cache(cfg, ds, fresh, CPU, contextlib.nullcontext(), log=logs.append)
     assert any("chunk 2 of the partial build" in m for m in logs)
     assert counted["n"] == 16 - 2, "chunks 0 and 1 are kept, chunk 2 onwards recomputed"

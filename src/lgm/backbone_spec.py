@@ -18,6 +18,15 @@ from typing import Any, Literal
 from lgm.digests import weights_sha256
 from lgm.errors import LgmError, MissingResourceError, UsageError
 
+def named_path(entry: str, names) -> tuple[str | None, str]:
+    """``NAME=PATH`` with NAME one of ``names`` -> (NAME, PATH); anything else (a bare path, even one holding '='
+    or one that exists as written) -> (None, entry)."""
+    name, sep, path = entry.partition("=")
+    if sep and name in names and not Path(entry).exists():
+        return name, path
+    return None, entry
+
+
 def weights_record(path: str | Path) -> dict[str, str]:
     """What an artifact stores about a weights file: where it was and what it held."""
     p = Path(path)
@@ -90,11 +99,8 @@ class BackboneFlags:
         out: dict[str, str] = {}
         names = list(names)
         for entry in self.weights:
-            name, sep, path = entry.partition("=")
-            if sep and name in names and not Path(entry).exists():
-                target = name
-            else:
-                path = entry
+            target, path = named_path(entry, names)
+            if target is None:
                 candidates = [own] if own in names else names
                 if len(candidates) != 1:
                     raise UsageError(f"--weights {entry}: {len(names)} backbones are in play ({', '.join(names)}); "

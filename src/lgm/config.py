@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lgm.backbone_spec import named_path
 from lgm.errors import LgmError, UsageError
 from lgm.pyramid_schedule import default_grow_every, num_levels_for
 
@@ -152,7 +153,7 @@ class DistillConfig:
             return None
         entries = (w,) if isinstance(w, str) else tuple(w)
         names = self.backbones
-        split = [_named_entry(e, names) for e in entries]
+        split = [named_path(e, names) for e in entries]
         if not self.joint:
             if len(split) != 1:
                 return entries  # refused by validate()
@@ -172,7 +173,7 @@ class DistillConfig:
         if isinstance(self.weights, str):
             return self.weights if not self.joint or name in self.backbones else None
         for entry in self.weights:
-            n, p = _named_entry(entry, self.backbones)
+            n, p = named_path(entry, self.backbones)
             if n == name:
                 return p
         return None
@@ -271,7 +272,7 @@ class DistillConfig:
             return []
         problems, seen = [], set()
         for entry in entries:
-            n, p = _named_entry(entry, names)
+            n, p = named_path(entry, names)
             if n is None:
                 problems.append(f"--weights {entry}: {len(names)} backbones are given ({', '.join(names)}); say "
                                 "which one the file is for with --weights NAME=PATH")
@@ -305,17 +306,6 @@ class DistillConfig:
         if unknown:
             raise LgmError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
-
-
-def _named_entry(entry: str, names: tuple[str, ...]) -> tuple[str | None, str]:
-    """``NAME=PATH`` with NAME one of ``names`` -> (NAME, PATH); anything else (a bare path, even one holding '=')
-    -> (None, entry)."""
-    from pathlib import Path
-
-    name, sep, path = entry.partition("=")
-    if sep and name in names and not Path(entry).exists():
-        return name, path
-    return None, entry
 
 
 def nonfinite_options(cfg) -> list[str]:

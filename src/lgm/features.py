@@ -121,13 +121,23 @@ class CachedReal:
 
     def gradient(self, w: torch.Tensor, b: torch.Tensor, n: int, sample_gen: torch.Generator,
                  aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> torch.Tensor:
+        rows, count = self.draw_rows(n, sample_gen, shard)
+        return self.gradient_at(rows, count, w, b, shard)
+
+    def draw_rows(self, n: int, sample_gen: torch.Generator, shard: Shard = SINGLE
+                  ) -> tuple[slice | torch.Tensor, int]:
+        """This process's rows of a step's real batch of n (all rows when n covers the cache), and the batch size."""
         if n >= len(self):
             s, e = shard.bounds(len(self))
-            return mean_gradient(self.features[s:e], self.labels[s:e], w, b, len(self), shard)
+            return slice(s, e), len(self)
         idx = torch.randperm(len(self), generator=sample_gen)[:n]
         s, e = shard.bounds(n)
-        mine = idx[s:e].to(self.device, non_blocking=True)
-        return mean_gradient(self.features[mine], self.labels[mine], w, b, n, shard)
+        return idx[s:e].to(self.device, non_blocking=True), n
+
+    def gradient_at(self, rows: slice | torch.Tensor, count: int, w: torch.Tensor, b: torch.Tensor,
+                    shard: Shard = SINGLE) -> torch.Tensor:
+        """Mean head gradient of a batch of ``count`` rows of which this process holds ``rows``."""
+        return mean_gradient(self.features[rows], self.labels[rows], w, b, count, shard)
 
 
 def mean_gradient(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int,

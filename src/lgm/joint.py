@@ -102,7 +102,7 @@ def add_generators(gens, cfg: DistillConfig, device: torch.device) -> None:
 
 def cache_file(k: int) -> str:
     """Per-run real-feature cache of the k-th backbone of a joint run (``lgm.real_side.run_cache_file``)."""
-    return f"real_features.{k}.safetensors"
+    return real_side.joint_cache_file(k)
 
 
 def build_joint_real(cfg: DistillConfig, ds, backbones: list[Backbone], device: torch.device, autocast,

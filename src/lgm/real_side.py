@@ -145,7 +145,11 @@ def build_real_side(cfg: DistillConfig, ds: ImageDataset, backbone: Backbone, de
 
 def run_cache_file(cfg: DistillConfig, k: int) -> str:
     """Per-run real-feature cache of the k-th backbone (a single-backbone run keeps the name it always had)."""
-    return f"real_features.{k}.safetensors" if cfg.joint else "real_features.safetensors"
+    return joint_cache_file(k) if cfg.joint else "real_features.safetensors"
+
+
+def joint_cache_file(k: int) -> str:
+    return f"real_features.{k}.safetensors"
 
 
 def choose_real_sides(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Backbone],
@@ -218,16 +222,9 @@ class RealSide:
                 feats = {k: self.backbones[k].features(x) for k in heads}
             size = min(n, len(live))
             return {k: mean_gradient(feats[k], y, w, b, size, shard) for k, (w, b) in heads.items()}
-        first = self.cached[0]
-        if n >= len(first):
-            s, e = shard.bounds(len(first))
-            return {k: mean_gradient(self.cached[k].features[s:e], self.cached[k].labels[s:e], w, b, len(first),
-                                     shard) for k, (w, b) in heads.items()}
-        idx = torch.randperm(len(first), generator=sample_gen)[:n]
-        s, e = shard.bounds(n)
-        mine = idx[s:e].to(first.device, non_blocking=True)
-        return {k: mean_gradient(self.cached[k].features[mine], self.cached[k].labels[mine], w, b, n, shard)
-                for k, (w, b) in heads.items()}
+        # One draw of rows; every backbone's cache holds the same views, row for row.
+        rows, count = self.cached[0].draw_rows(n, sample_gen, shard)
+        return {k: self.cached[k].gradient_at(rows, count, w, b, shard) for k, (w, b) in heads.items()}
 
 
 def build_real_sides(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Backbone],
