@@ -1,5 +1,7 @@
 """The demo's comparison (distilled vs centroids vs neighbors vs random vs full) on the toy backbone."""
 
+import time
+
 import torch
 
 from lgm.artifacts import DistilledSet
@@ -21,7 +23,14 @@ def test_compare_with_real_scores_every_set_under_one_protocol(fashion_root, tmp
     picks = torch.stack([train_index[ds.train.labels[train_index] == c][3] for c in range(ds.num_classes)])
     distilled = DistilledSet(ds.train.load(picks, cfg.res), ds.train.labels[picks], list(ds.class_names), {})
 
+    start = time.perf_counter()
     results = compare_with_real(distilled, ds, bb, cfg, torch.device("cpu"), log=lambda m: None)
+    wall = time.perf_counter() - start
+    # Where the time went: consecutive stages, none counted twice.
+    stages = results["seconds"]
+    assert list(stages) == ["test_and_validation_features", "distilled_and_random_probes", "train_features",
+                            "centroid_and_neighbor_probes", "full_probe"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= wall + 0.05
     assert results["neighbors"]["values"] == results["distilled"]["values"]
     assert results["neighbors"]["nn1"] == results["distilled"]["nn1"]
     for key in ("distilled", "centroids", "neighbors", "random"):

@@ -30,13 +30,13 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
                       device: torch.device, log=print) -> dict:
     """Distilled vs centroids vs random real (several seeds) vs the full training set, one probe protocol."""
     res, crop = cfg.res, cfg.crop
-    t0 = time.perf_counter()
+    laps = Laps()
     # Test, validation, training and view features go to the feature store ($LGM_CACHE_DIR or ~/.cache/lgm):
     # re-running the demo on a finished run re-evaluates in a fraction of the time.
     store = FeatureStore()
     ctx = EvalContext.build(ds, backbone, res, crop, device, ProbeConfig(views=cfg.probe_views),
                             val_per_class=cfg.val_per_class, store=store)
-    log(f"test and validation features in {time.perf_counter() - t0:.0f} s")
+    log(f"test and validation features in {laps.lap('test_and_validation_features'):.0f} s")
     seeds = list(range(cfg.repeats))
     ipc = distilled.images.shape[0] // ds.num_classes
     distilled_scores = ctx.score_images(distilled.images, distilled.labels, seeds)
@@ -48,6 +48,7 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
         random_top1.append(scores["top1"]["mean"])
         random_nn1.append(scores["nn1"])
     log(f"random real: {[round(a * 100, 1) for a in random_top1]}")
+    laps.lap("distilled_and_random_probes")
 
     index = ctx.train_index
     if cfg.full_train and cfg.full_train < len(index):
@@ -55,18 +56,20 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
                                   torch.Generator().manual_seed(0))
         index = index[torch.sort(keep).values]
     train = ds.train.subset(index)
-    t0 = time.perf_counter()
     train_feats = stored_split_features(ds, "train", index, backbone, res, crop, device, store)
+    log(f"features of {len(index)} training images in {laps.lap('train_features'):.0f} s")
     centroid_idx = centroid_indices(train_feats, train.labels, ds.num_classes)
     centroid_scores = ctx.score_images(train.load(centroid_idx, res), train.labels[centroid_idx], seeds)
     log(f"centroids: {[round(a * 100, 1) for a in centroid_scores['top1']['values']]}")
     neighbor_idx = neighbor_indices(center_features(backbone, distilled.images, crop, device), distilled.labels, train_feats, train.labels)
     neighbor_scores = ctx.score_images(train.load(neighbor_idx, res), train.labels[neighbor_idx], seeds)
     log(f"neighbors: {[round(a * 100, 1) for a in neighbor_scores['top1']['values']]}")
+    laps.lap("centroid_and_neighbor_probes")
     full = train_probes(train_feats, train.labels, ds.num_classes, FULL_PROBE, [0],
                         val=(ctx.val_features, ctx.val_labels), device=device)
     full_acc = float(topk(full, ctx.test_features, ctx.test_labels, 1)[0])
-    log(f"full training set ({len(train)} images): {full_acc * 100:.1f} ({time.perf_counter() - t0:.0f} s)")
+    log(f"full training set ({len(train)} images): {full_acc * 100:.1f} "
+        f"(probe trained in {laps.lap('full_probe'):.0f} s)")
     return {
         "distilled": distilled_scores["top1"] | {"nn1": distilled_scores["nn1"], "top5": distilled_scores["top5"]},
         "centroids": centroid_scores["top1"] | {"nn1": centroid_scores["nn1"]},
@@ -77,7 +80,22 @@ def compare_with_real(distilled: DistilledSet, ds: ImageDataset, backbone: Backb
         "protocol": {"small_sets": ctx.protocol(),
                      "full": dataclasses.asdict(FULL_PROBE) | {"views": "1 center crop"},
                      "test_split": "scored only; never used for selection"},
+        "seconds": laps.seconds,
     }
+
+
+class Laps:
+    """Wall-clock seconds of consecutive stages (where a demo's time goes: results.json "seconds")."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 2)
+        self._last = now
+        return self.seconds[stage]
 
 
 def format_table(results: dict) -> str:
@@ -115,8 +133,11 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     backbone = load_backbone(dcfg.backbone, device)
     t0 = time.perf_counter()
     distilled = distill(ds, backbone, dcfg, out=out / "distill")
-    log(f"distillation finished ({time.perf_counter() - t0:.0f} s in this call); evaluating")
+    distill_call = time.perf_counter() - t0
+    log(f"distillation finished ({distill_call:.0f} s in this call); evaluating")
     results = compare_with_real(distilled, ds, backbone, cfg, device, log=log)
+    results["seconds"] = {"distillation_call": round(distill_call, 2)} | results["seconds"] | {
+        "total": round(time.perf_counter() - t0, 2)}
     results.update({"num_classes": ds.num_classes, "dataset": ds.name, "backbone": backbone.name,
                     "distill_config": dcfg.to_dict(), "demo_config": dataclasses.asdict(cfg),
                     "distill_seconds": distilled.meta.get("seconds")})
