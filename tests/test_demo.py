@@ -1,13 +1,18 @@
 """The demo's comparison (distilled vs centroids vs neighbors vs random vs full) on the toy backbone."""
 
+import dataclasses
+import json
 import time
 
 import torch
+from safetensors.torch import load_file
 
 from lgm.artifacts import DistilledSet
 from lgm.backbones import load_backbone
 from lgm.data import load_dataset
-from lgm.demo import DEMO_DISTILL, DemoConfig, compare_with_real, demo_distill_config, format_table
+from lgm.demo import (DEMO_DISTILL, DemoConfig, Laps, RealFeatures, compare_with_real, demo_distill_config,
+                      format_table, share_real_cache)
+from lgm.distillation import distill
 from lgm.evaluate import validation_split
 
 
@@ -28,7 +33,7 @@ def test_compare_with_real_scores_every_set_under_one_protocol(fashion_root, tmp
     wall = time.perf_counter() - start
     # Where the time went: consecutive stages, none counted twice.
     stages = results["seconds"]
-    assert list(stages) == ["test_and_validation_features", "distilled_and_random_probes", "train_features",
+    assert list(stages) == ["test_and_validation_features", "train_features", "distilled_and_random_probes",
                             "centroid_and_neighbor_probes", "full_probe"]
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= wall + 0.05
     assert results["neighbors"]["values"] == results["distilled"]["values"]
@@ -54,3 +59,49 @@ def test_demo_flags_reach_the_distillation():
     changed = demo_distill_config(DemoConfig(init="noise", steps=7, augs=3, seed=5, real_aug="same"))
     assert (changed.init, changed.steps, changed.augs, changed.seed, changed.real_aug) == ("noise", 7, 3, 5, "same")
     assert changed.res == default.res and changed.real_gradient == default.real_gradient
+
+
+def test_the_distillation_cache_is_taken_from_the_evaluation_features(fashion_root, tmp_path, monkeypatch):
+    # --real-aug none at res == crop: a cached real row is the center-view feature the full-set probe needs.
+    # The demo computes those once; the distillation then finds them as a standalone cache and uses it.
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
+    ds = load_dataset("fashion-mnist")
+    bb = load_backbone("toy_cnn")
+    cfg = DemoConfig(res=16, crop=16, steps=3, repeats=1, probe_views=2, val_per_class=4, cache_per_class=20,
+                     progress=False)
+    dcfg = demo_distill_config(cfg)
+    real = RealFeatures.build(ds, bb, cfg, torch.device("cpu"), Laps(), log=lambda m: None)
+    cache = share_real_cache(dcfg, ds, bb, real, torch.device("cpu"), log=lambda m: None)
+    assert cache is not None and cache.features.shape[0] == 20 * ds.num_classes
+
+    own = tmp_path / "own"  # the same run with no standalone cache around: it computes its per-run cache
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "empty"))
+    distill(ds, bb, dcfg, out=own)
+    computed = load_file(own / "real_features.safetensors")
+    assert torch.equal(cache.labels, computed["labels"])
+    torch.testing.assert_close(torch.as_tensor(cache.features).float(), computed["features"].float(),
+                               atol=2e-3, rtol=2e-3)
+
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
+    shared = tmp_path / "shared"
+    distill(ds, bb, dcfg, out=shared)
+    side = json.loads((shared / "real_side.json").read_text())
+    assert side["mode"] == "standalone" and side["cache_id"] == cache.id
+    assert not (shared / "real_features.safetensors").exists()
+
+
+def test_no_shared_cache_where_cached_rows_are_not_center_views(fashion_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
+    ds = load_dataset("fashion-mnist")
+    bb = load_backbone("toy_cnn")
+    cfg = DemoConfig(res=16, crop=16, repeats=1, probe_views=2, val_per_class=4, progress=False)
+    real = RealFeatures.build(ds, bb, cfg, torch.device("cpu"), Laps(), log=lambda m: None)
+    for changed in ({"real_aug": "same"}, {"crop": 14}, {"real_features": "live", "real_gradient": "batch"}):
+        dcfg = dataclasses.replace(demo_distill_config(cfg), **changed)
+        assert share_real_cache(dcfg, ds, bb, real, torch.device("cpu"), log=lambda m: None) is None
+    part = RealFeatures.build(ds, bb, dataclasses.replace(cfg, full_train=20), torch.device("cpu"), Laps(),
+                              log=lambda m: None)
+    assert share_real_cache(demo_distill_config(cfg), ds, bb, part, torch.device("cpu"), log=lambda m: None) is None
+    assert not (tmp_path / "cache" / "real").exists()

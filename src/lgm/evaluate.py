@@ -83,6 +83,8 @@ class EvalContext:
     test_groups: torch.Tensor | None = None
     """Group of every test image (Waterbirds, Spawrious): adds per-group and worst-group top-1."""
     group_names: list[str] | None = None
+    val_index: torch.Tensor | None = None
+    """Training images of the validation split, in ``val_features`` order (None: an official validation split)."""
     store: FeatureStore | None = None
     """Where the augmented-view pools of scored image sets are kept (an interrupted evaluation resumes)."""
 
@@ -93,6 +95,7 @@ class EvalContext:
         """Test and validation features (from ``store`` when they were computed before)."""
         store = store or FeatureStore(enabled=False)
         test = stored_split_features(ds, "test", None, backbone, res, crop, device, store)
+        val_index = None
         if getattr(ds, "val", None) is not None:  # an official validation split (e.g. Flowers-102)
             train_index = torch.arange(len(ds.train))
             val, val_labels = stored_split_features(ds, "val", None, backbone, res, crop, device, store), ds.val.labels
@@ -104,7 +107,7 @@ class EvalContext:
                    test_features=test, test_labels=ds.test.labels.cpu(), val_features=val,
                    val_labels=val_labels.cpu(), train_index=train_index, device=device, probe=probe,
                    test_groups=None if ds.test.groups is None else ds.test.groups.cpu(),
-                   group_names=ds.meta.get("group_names"), store=store)
+                   group_names=ds.meta.get("group_names"), store=store, val_index=val_index)
 
     def protocol(self, n: int | None = None) -> dict:
         """The probe protocol spelled out (with ``n``, the learning rate resolved for ``n`` training images)."""

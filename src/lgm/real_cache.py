@@ -206,16 +206,23 @@ def _chunks(n: int, views: int, batch: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def build_real_cache(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, device: torch.device,
-                     autocast, log=None) -> RealFeatureCache:
-    """Build (or resume, or just open) the cache for ``cfg``; returns it opened for reading."""
+                     autocast, log=None, center_rows=None) -> RealFeatureCache:
+    """Build (or resume, or just open) the cache for ``cfg``; returns it opened for reading.
+
+    ``center_rows(indices)``, when given, returns the features of those training images' center view at
+    ``cfg.res`` (the test transform, e.g. from the feature store). An unaugmented cache with ``res == crop``
+    holds exactly those features, so it takes them instead of running the backbone again.
+    """
     cfg.validate()
+    if not (cfg.aug == "none" and cfg.res == cfg.crop):
+        center_rows = None
     log = log or (lambda m: None)
     indices = select_indices(ds, cfg.per_class, cfg.seed)
     key = _normalize(cache_key(cfg, ds, backbone, indices))
     cid = key_hash(key)
     path = Path(cfg.out) if cfg.out else cache_root(cfg.cache_dir) / "real" / cid
     with exclusive(path, "real-feature cache", "wait for that build to finish, or use another --out"):
-        return _build_locked(cfg, ds, backbone, device, autocast, log, indices, key, cid, path)
+        return _build_locked(cfg, ds, backbone, device, autocast, log, indices, key, cid, path, center_rows)
 
 
 # What a build writes in its directory: an interrupted build that left only these (no meta.json yet) restarts.
@@ -245,7 +252,8 @@ def _own_file(p: Path) -> bool:
 
 
 def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone, device: torch.device, autocast,
-                  log, indices: torch.Tensor, key: dict[str, Any], cid: str, path: Path) -> RealFeatureCache:
+                  log, indices: torch.Tensor, key: dict[str, Any], cid: str, path: Path,
+                  center_rows=None) -> RealFeatureCache:
     from tqdm.auto import tqdm
 
     meta_path = path / META
@@ -319,10 +327,15 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
         if aug.kind == "none" and v > 0:
             mm[v * n + s: v * n + e] = mm[s:e]  # unaugmented views are all the same: view 0 is done, copy it
         else:
-            gen.manual_seed(block_seed(cfg.seed, c))
-            x = split.load(indices[s:e], cfg.res, device)
-            with autocast:
-                z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
+            if center_rows is not None:
+                z = center_rows(indices[s:e]).float()
+                if z.shape != (e - s, dim):
+                    raise ValueError(f"center_rows gave {tuple(z.shape)} for {e - s} images of {dim} features")
+            else:
+                gen.manual_seed(block_seed(cfg.seed, c))
+                x = split.load(indices[s:e], cfg.res, device)
+                with autocast:
+                    z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
             if not torch.isfinite(z).all():
                 raise LgmError(f"the backbone produced NaN or infinite features (view {v}, images {s}..{e - 1}); "
                                f"the cache in {path} stays incomplete")

@@ -62,13 +62,18 @@ class RealSideChoice:
 REAL_SIDE_FILE = "real_side.json"
 
 
+def cache_features_config(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, **fields) -> CacheFeaturesConfig:
+    """The `lgm cache-features` settings of the cache this run would build for backbone ``bb``."""
+    return CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
+                               per_class=cfg.cache_per_class, seed=cfg.seed, aug=real_aug_config(cfg).kind,
+                               clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean,
+                               random_init=cfg.random_init, weights=cfg.weights_for(bb.name),
+                               normalization=cfg.normalization, cache_dir=cfg.cache_dir, **fields)
+
+
 def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
     """The key a standalone cache must match for this run (its size fields aside: any views/selection do)."""
-    req = CacheFeaturesConfig(dataset=ds.name, backbone=bb.name, views=cfg.cache_views, res=cfg.res, crop=cfg.crop,
-                              per_class=cfg.cache_per_class, seed=cfg.seed, aug=real_aug_config(cfg).kind,
-                              clamp_crop=cfg.clamp_crop, noise_std=cfg.noise_std, noise_mean=cfg.noise_mean,
-                              random_init=cfg.random_init, weights=cfg.weights_for(bb.name),
-                              normalization=cfg.normalization)
+    req = cache_features_config(cfg, ds, bb)
     return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
 
 
