@@ -56,9 +56,10 @@ def stored_split_features(ds: ImageDataset, split_name: str, index: torch.Tensor
         "dataset": ds.name, "split": split_name, "rows": index_digest(index), "images": len(split),
         "labels": index_digest(split.labels), "content": split_fingerprint(whole),
         "transform": "resize+center-crop", "res": res, "crop": crop}
-    return store.get_rows(key, len(split), lambda start, stop: split_rows_features(backbone, split, res, crop, device,
-                                                                                 start, stop),
-                          desc=f"{backbone.name} {split_name} features")
+    with backbone.bulk_inference(len(split)):
+        return store.get_rows(key, len(split), lambda start, stop: split_rows_features(backbone, split, res, crop,
+                                                                                     device, start, stop),
+                              desc=f"{backbone.name} {split_name} features")
 
 
 def summary(values: list[float]) -> dict:

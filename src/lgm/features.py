@@ -160,11 +160,13 @@ def compute_feature_cache(backbone: Backbone, split: Split, resolution: int, cro
     out = torch.empty(views * n, backbone.feature_dim, dtype=torch.float16)
     distinct = 1 if aug.kind == "none" else views  # unaugmented views are all the same: compute one, copy it
     chunks = [(v, s) for v in range(distinct) for s in range(0, n, batch)]
-    for v, start in tqdm(chunks, desc="real features", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-        idx = torch.arange(start, min(start + batch, n))
-        x = split.load(idx, resolution, device)
-        with autocast:
-            z = backbone.features(augment(x, crop, aug, generator))
-        out[v * n + start: v * n + start + len(idx)] = z.float().cpu().half()
+    with backbone.bulk_inference(distinct * n):
+        for v, start in tqdm(chunks, desc="real features", disable=not progress, file=sys.stderr,
+                             dynamic_ncols=True):
+            idx = torch.arange(start, min(start + batch, n))
+            x = split.load(idx, resolution, device)
+            with autocast:
+                z = backbone.features(augment(x, crop, aug, generator))
+            out[v * n + start: v * n + start + len(idx)] = z.float().cpu().half()
     out[distinct * n:] = out[:n].repeat(views - distinct, 1)
     return out, split.labels.repeat(views)

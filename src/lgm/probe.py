@@ -139,9 +139,10 @@ def view_features(backbone: Backbone, images: torch.Tensor, views: int, crop: in
     x = images.to(device)
     out = []
     per_chunk = max(1, batch // x.shape[0])
-    for v in range(0, views, per_chunk):
-        k = min(per_chunk, views - v)
-        out.append(backbone.features(augment(x.repeat(k, 1, 1, 1), crop, aug, generator)).float().cpu())
+    with backbone.bulk_inference(views * x.shape[0]):
+        for v in range(0, views, per_chunk):
+            k = min(per_chunk, views - v)
+            out.append(backbone.features(augment(x.repeat(k, 1, 1, 1), crop, aug, generator)).float().cpu())
     return torch.cat(out).view(views, x.shape[0], -1)
 
 

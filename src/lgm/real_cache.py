@@ -320,6 +320,8 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
     aug = cfg.augment_config()
     split = ds.train
     gen = torch.Generator(device=device)
+    # The scope's size is the whole build's (not what is left of it): a resumed build takes the same path.
+    bulk_images = n * (1 if aug.kind == "none" else cfg.views)
     for c in tqdm(range(start, len(chunks)), initial=start, total=len(chunks), desc="real features",
                   disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True):
         v, s = chunks[c]
@@ -334,7 +336,7 @@ def _build_locked(cfg: CacheFeaturesConfig, ds: ImageDataset, backbone: Backbone
             else:
                 gen.manual_seed(block_seed(cfg.seed, c))
                 x = split.load(indices[s:e], cfg.res, device)
-                with autocast:
+                with autocast, backbone.bulk_inference(bulk_images):
                     z = backbone.features(augment(x, cfg.crop, aug, gen)).float()
             if not torch.isfinite(z).all():
                 raise LgmError(f"the backbone produced NaN or infinite features (view {v}, images {s}..{e - 1}); "
