@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -159,6 +160,9 @@ class Backbone(nn.Module):
                 or not self.convolutional or os.environ.get("LGM_COMPILE_FEATURES", "1") == "0"):
             return None
         if self._compiled is None:
+            # Inductor's CPU backend imports cpp_extension, which warns about a CUDA toolkit on machines that have
+            # one but no GPU: nothing a feature pass on the CPU needs to hear about.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             object.__setattr__(self, "_compiled", torch.compile(self.model, dynamic=False))
         return self._compiled
 
