@@ -4,6 +4,7 @@ import dataclasses
 import json
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,11 +17,17 @@ from lgm.distillation import distill
 from lgm.evaluate import validation_split
 
 
-def test_compare_with_real_scores_every_set_under_one_protocol(fashion_root, tmp_path, monkeypatch):
+@pytest.fixture
+def toy_demo(fashion_root, tmp_path, monkeypatch):
+    """The tiny Fashion-MNIST and the toy backbone, with a feature store of the test's own."""
     monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
     monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
-    ds = load_dataset("fashion-mnist")
-    bb = load_backbone("toy_cnn")
+    return load_dataset("fashion-mnist"), load_backbone("toy_cnn")
+
+
+
+def test_compare_with_real_scores_every_set_under_one_protocol(toy_demo, tmp_path, monkeypatch):
+    ds, bb = toy_demo
     cfg = DemoConfig(res=16, crop=14, repeats=2, probe_views=3, val_per_class=4, progress=False)
     # A "distilled" set made of real training images outside the validation split: the neighbors
     # baseline must pick exactly these images back, so it must score exactly like them.
@@ -61,13 +68,10 @@ def test_demo_flags_reach_the_distillation():
     assert changed.res == default.res and changed.real_gradient == default.real_gradient
 
 
-def test_the_distillation_cache_is_taken_from_the_evaluation_features(fashion_root, tmp_path, monkeypatch):
+def test_the_distillation_cache_is_taken_from_the_evaluation_features(toy_demo, tmp_path, monkeypatch):
     # --real-aug none at res == crop: a cached real row is the center-view feature the full-set probe needs.
     # The demo computes those once; the distillation then finds them as a standalone cache and uses it.
-    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
-    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
-    ds = load_dataset("fashion-mnist")
-    bb = load_backbone("toy_cnn")
+    ds, bb = toy_demo
     cfg = DemoConfig(res=16, crop=16, steps=3, repeats=1, probe_views=2, val_per_class=4, cache_per_class=20,
                      progress=False)
     dcfg = demo_distill_config(cfg)
@@ -91,11 +95,8 @@ def test_the_distillation_cache_is_taken_from_the_evaluation_features(fashion_ro
     assert not (shared / "real_features.safetensors").exists()
 
 
-def test_no_shared_cache_where_cached_rows_are_not_center_views(fashion_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("LGM_DATA_ROOT", str(fashion_root))
-    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
-    ds = load_dataset("fashion-mnist")
-    bb = load_backbone("toy_cnn")
+def test_no_shared_cache_where_cached_rows_are_not_center_views(toy_demo, tmp_path, monkeypatch):
+    ds, bb = toy_demo
     cfg = DemoConfig(res=16, crop=16, repeats=1, probe_views=2, val_per_class=4, progress=False)
     real = RealFeatures.build(ds, bb, cfg, torch.device("cpu"), Laps(), log=lambda m: None)
     for changed in ({"real_aug": "same"}, {"crop": 14}, {"real_features": "live", "real_gradient": "batch"}):
