@@ -260,3 +260,26 @@ def test_resume_recomputes_a_done_chunk_whose_rows_changed_on_disk(fashion_root,
     assert any("chunk 2 of the partial build" in m for m in logs)
     assert counted["n"] == 16 - 2, "chunks 0 and 1 are kept, chunk 2 onwards recomputed"
     assert torch.equal(resumed.features, reference.features)
+
+
+def test_wants_cache_is_the_choice_a_run_makes_without_a_standalone_cache(fashion_root, tmp_path, monkeypatch):
+    # The demo asks wants_cache whether to build a cache for the run; it must agree with the run's own choice.
+    from lgm.config import DistillConfig
+    from lgm.real_side import resolve_real_side, wants_cache
+
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "empty"))
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    bb = load_backbone("toy_cnn")
+    seen = set()
+    for features in ("auto", "live", "cached"):
+        for gradient in ("batch", "full"):
+            try:
+                cfg = DistillConfig(dataset="fashion-mnist", backbone="toy_cnn", real_features=features,
+                                    real_gradient=gradient, data_root=str(fashion_root))
+            except (LgmError, ValueError):
+                continue  # full gradient with live features is refused by the config
+            choice, cache = resolve_real_side(cfg, ds, bb, None)
+            assert cache is None
+            assert (choice.mode == "run-cache") == wants_cache(cfg), (features, gradient, choice)
+            seen.add(choice.mode)
+    assert seen == {"live", "run-cache"}

@@ -73,10 +73,9 @@ def share_real_cache(dcfg: DistillConfig, ds: ImageDataset, backbone: Backbone, 
     its training images through the backbone a second time.
     """
     from lgm.real_cache import build_real_cache
-    from lgm.real_side import cache_features_config
+    from lgm.real_side import cache_features_config, wants_cache
 
-    uses_cache = dcfg.real_features == "cached" or (dcfg.real_features == "auto" and dcfg.real_gradient == "full")
-    if dcfg.joint or not uses_cache or dcfg.real_cache or dcfg.real_aug != "none" or dcfg.res != dcfg.crop:
+    if dcfg.joint or not wants_cache(dcfg) or dcfg.real_cache or dcfg.real_aug != "none" or dcfg.res != dcfg.crop:
         return None
     whole = real.every_training_image(len(ds.train))
     if whole is None:  # --full-train: the evaluation has only part of the training set

@@ -77,6 +77,11 @@ def cache_request(cfg: DistillConfig, ds: ImageDataset, bb: Backbone) -> dict:
     return cache_key(req, ds, bb, select_indices(ds, cfg.cache_per_class, cfg.seed))
 
 
+def wants_cache(cfg: DistillConfig) -> bool:
+    """Whether the run reads its real gradient from cached features when it finds no standalone cache."""
+    return cfg.real_features == "cached" or (cfg.real_features != "live" and cfg.real_gradient == "full")
+
+
 def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
     """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
     recorded = run.path / REAL_SIDE_FILE if run is not None else None
@@ -111,7 +116,7 @@ def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: R
             cache = RealFeatureCache.open(found)
     if cache is not None:
         return RealSideChoice("standalone", cfg.real_features, cache.id, str(cache.path.resolve())), cache
-    if cfg.real_features == "cached" or cfg.real_gradient == "full":
+    if wants_cache(cfg):
         return RealSideChoice("run-cache", cfg.real_features), None
     return RealSideChoice("live", cfg.real_features), None
 
