@@ -276,6 +276,8 @@ class Experiment:
                   "config_hash": made.meta["config_hash"],
                   "lgm_version": made.meta["lgm_version"], "seconds": made.meta["seconds"],
                   "real_side": {k: v for k, v in made.meta["real_side"].items() if k != "cache_path"},
+                  **({"real_sides": [{k: v for k, v in side.items() if k != "cache_path"}
+                                     for side in made.meta["real_sides"]]} if "real_sides" in made.meta else {}),
                   "init_indices": made.meta.get("init_indices"),
                   "labels": made.labels.tolist(), "class_names": made.class_names,
                   "images_png_sha256": hashlib.sha256(png).hexdigest(),

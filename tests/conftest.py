@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,19 @@ def write_fashion_fixture(root: Path, n_train: int = 200, n_test: int = 50, seed
 
 
 @pytest.fixture(autouse=True)
-def _private_cache_dir(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's ~/.cache/lgm (a real-feature cache there would change auto mode)."""
-    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path_factory.mktemp("lgm-cache")))
+def _private_cache_dir(tmp_path_factory):
+    """No test reads or writes the user's ~/.cache/lgm (a real-feature cache there would change auto mode).
+
+    Set outside the test's ``monkeypatch``: a test that calls ``monkeypatch.undo()`` to drop its own patches
+    must keep the private directory.
+    """
+    before = os.environ.get("LGM_CACHE_DIR")
+    os.environ["LGM_CACHE_DIR"] = str(tmp_path_factory.mktemp("lgm-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LGM_CACHE_DIR", None)
+    else:
+        os.environ["LGM_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

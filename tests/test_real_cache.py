@@ -283,3 +283,50 @@ def test_wants_cache_is_the_choice_a_run_makes_without_a_standalone_cache(fashio
             assert (choice.mode == "run-cache") == wants_cache(cfg), (features, gradient, choice)
             seen.add(choice.mode)
     assert seen == {"live", "run-cache"}
+
+
+def test_resumed_joint_run_keeps_every_backbones_recorded_real_side(fashion_root, tmp_path, monkeypatch):
+    # A standalone cache appearing between two sessions must not change the real side of a joint run under way.
+    import lgm.distillation
+    import lgm.rundir
+    from lgm.distillation import make_config
+    from lgm.real_side import cache_features_config
+    from tests.test_distill import StopAfter
+    from tests.test_joint import toy_variant
+
+    bbs = [load_backbone("toy_cnn"), toy_variant("toy_b", dim=16, seed=1)]
+    settings = {**TINY, "steps": 8, "real_gradient": "full", "cache_per_class": 6}
+
+    def run(out):
+        return distill("fashion-mnist", bbs, out=out, data_root=str(fashion_root), **settings)
+
+    reference = run(None)
+    StopAfter.n = 3
+    monkeypatch.setattr(lgm.distillation, "StopSignals", StopAfter)
+    with pytest.raises(lgm.rundir.Interrupted):
+        run(tmp_path / "run")
+    monkeypatch.undo()
+    recorded = json.loads((tmp_path / "run" / "real_side.json").read_text())["backbones"]
+    assert [(r["backbone"], r["mode"]) for r in recorded] == [("toy_cnn", "run-cache"), ("toy_b", "run-cache")]
+
+    ds = load_dataset("fashion-mnist", str(fashion_root))
+    cfg = make_config("fashion-mnist", bbs, None, {**settings, "data_root": str(fashion_root)})
+    build_real_cache(cache_features_config(cfg, ds, bbs[0], progress=False), ds, bbs[0], CPU,
+                     contextlib.nullcontext())  # a cache matching toy_cnn appears in the meantime
+    resumed = run(tmp_path / "run")
+    assert [s["mode"] for s in resumed.meta["real_sides"]] == ["run-cache", "run-cache"]
+    assert torch.equal(resumed.images, reference.images)
+    fresh = run(tmp_path / "fresh")
+    assert [(s["backbone"], s["mode"]) for s in fresh.meta["real_sides"]] == [("toy_cnn", "standalone"),
+                                                                              ("toy_b", "run-cache")]
+    assert fresh.meta["real_side"]["mode"] == "standalone"
+    side = json.loads((tmp_path / "fresh" / "real_side.json").read_text())["backbones"]
+    assert side[0]["cache_id"] == fresh.meta["real_sides"][0]["cache_id"]
+
+
+def test_undoing_a_tests_patches_keeps_the_private_cache_dir(monkeypatch):
+    private = os.environ["LGM_CACHE_DIR"]
+    assert Path(private).resolve() != (Path.home() / ".cache" / "lgm").resolve()
+    monkeypatch.setenv("LGM_CACHE_DIR", "/elsewhere")
+    monkeypatch.undo()
+    assert os.environ["LGM_CACHE_DIR"] == private

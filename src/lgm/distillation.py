@@ -341,6 +341,8 @@ def write_artifact(state: RunState, cfg: DistillConfig, ds: ImageDataset, backbo
             "steps_done": cfg.steps,
             "init_indices": state.init_indices,
             "real_side": real.record.to_dict(),
+            # A joint run: where each backbone's real gradient came from (real_side is the first backbone's).
+            **({"real_sides": real.to_dict()["backbones"]} if cfg.joint else {}),
             "processes": shard.world_size,
             "seconds": round(state.elapsed, 3),
             "command_line": shlex.join(sys.argv),

@@ -7,8 +7,8 @@ real head gradient on each active backbone. Around it:
   backbone pass per real view and step), a per-run cache
   (``real_features.safetensors`` in the run directory; ``real_features.K``
   for the K-th backbone of a joint run) or a standalone cache
-  (``lgm cache-features``, ``lgm.real_cache``); a resumed single-backbone
-  run keeps the choice recorded in ``real_side.json``;
+  (``lgm cache-features``, ``lgm.real_cache``); a resumed run keeps the
+  choices recorded in ``real_side.json`` (every backbone's, for a joint run);
 - building (``open_real_side``): rank 0 first under torchrun, so that the
   other processes read the per-run cache it wrote;
 - recording (``record_real_side``): ``real_side.json``, and the artifact's
@@ -84,27 +84,52 @@ def wants_cache(cfg: DistillConfig) -> bool:
 
 def resolve_real_side(cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir | None):
     """Pick the real side: (choice, opened standalone cache or None). A resumed run keeps its recorded choice."""
+    recorded = read_recorded_sides(run)
+    if recorded is not None:
+        return reopen_choice(recorded[0], cfg, ds, bb, run)
+    return choose_fresh(cfg, ds, bb)
+
+
+def read_recorded_sides(run: RunDir | None) -> list[RealSideChoice] | None:
+    """The choices a run recorded in real_side.json (one per backbone), or None before its first start.
+
+    A single-backbone run writes one choice; a joint run ``{"backbones": [choice, ...]}``.
+    """
     recorded = run.path / REAL_SIDE_FILE if run is not None else None
-    if recorded is not None and recorded.is_file():
-        try:
-            prev = RealSideChoice(**read_json_object(recorded, "a real-side record"))
-        except TypeError as e:
-            raise LgmError(f"{recorded} is not a real-side record lgm wrote ({e}); restore it, or delete it together "
-                           "with the checkpoint to restart the run") from None
-        if prev.mode != "standalone":
-            return prev, None
-        candidates = [p for p in (cfg.real_cache, prev.cache_path,
-                                  str(cache_root(cfg.cache_dir) / "real" / str(prev.cache_id))) if p]
-        for path in candidates:
-            if (Path(path) / "meta.json").is_file():
-                cache = RealFeatureCache.open(path, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
-                if cache.id != prev.cache_id:
-                    raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id}, but {path} "
-                                   f"holds {cache.id}; resume with --real-cache pointing at the original cache")
-                return prev, cache
-        raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} ({prev.cache_path}), "
-                       "which is gone; rebuild it with the same `lgm cache-features` command, or name it with "
-                       "--real-cache")
+    if recorded is None or not recorded.is_file():
+        return None
+    data = read_json_object(recorded, "a real-side record")
+    entries = data.get("backbones") if "backbones" in data else [data]
+    try:
+        if not isinstance(entries, list) or not entries:
+            raise TypeError("no choices")
+        return [RealSideChoice(**{k: v for k, v in e.items() if k != "backbone"}) for e in entries]
+    except (TypeError, AttributeError) as e:
+        raise LgmError(f"{recorded} is not a real-side record lgm wrote ({e}); restore it, or delete it together "
+                       "with the checkpoint to restart the run") from None
+
+
+def reopen_choice(prev: RealSideChoice, cfg: DistillConfig, ds: ImageDataset, bb: Backbone, run: RunDir):
+    """A recorded choice, with its standalone cache found again (and checked to be the same cache)."""
+    if prev.mode != "standalone":
+        return prev, None
+    candidates = [p for p in (cfg.real_cache if not cfg.joint else None, prev.cache_path,
+                              str(cache_root(cfg.cache_dir) / "real" / str(prev.cache_id))) if p]
+    for path in candidates:
+        if (Path(path) / "meta.json").is_file():
+            cache = RealFeatureCache.open(path, cache_request(cfg, ds, bb), ignore=SIZE_FIELDS)
+            if cache.id != prev.cache_id:
+                raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} of {bb.name}, "
+                               f"but {path} holds {cache.id}; resume with --real-cache pointing at the original "
+                               "cache")
+            return dataclasses.replace(prev, cache_path=str(cache.path.resolve())), cache
+    raise LgmError(f"{run.path} was started with the real-feature cache {prev.cache_id} of {bb.name} "
+                   f"({prev.cache_path}), which is gone; rebuild it with the same `lgm cache-features` command, "
+                   "or name it with --real-cache")
+
+
+def choose_fresh(cfg: DistillConfig, ds: ImageDataset, bb: Backbone):
+    """The choice of a run's first start (nothing recorded yet)."""
     if cfg.real_features == "live":
         return RealSideChoice("live", "live"), None
     cache = None
@@ -170,9 +195,15 @@ def choose_real_sides(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[
     # A joint run: each backbone's standalone cache where one matches (issue 7); with --real-features live, or
     # auto and no cache at all, the paper's live side for all; otherwise a per-run cache for every backbone
     # without a standalone one (every backbone must see the same real views, row for row).
+    recorded = read_recorded_sides(run)
+    if recorded is not None:  # a resumed joint run keeps every backbone's recorded source
+        if len(recorded) != len(backbones):
+            raise LgmError(f"{run.path / REAL_SIDE_FILE} records {len(recorded)} real sides for a run of "
+                           f"{len(backbones)} backbones; restore it, or delete it with the checkpoint to restart")
+        return [reopen_choice(c, cfg, ds, bb, run)[0] for c, bb in zip(recorded, backbones)]
     if cfg.real_features == "live":
         return [RealSideChoice("live", "live")] * len(backbones)
-    choices = [resolve_real_side(cfg, ds, bb, None)[0] for bb in backbones]
+    choices = [choose_fresh(cfg, ds, bb)[0] for bb in backbones]
     if all(c.mode == "live" for c in choices):
         return choices
     return [RealSideChoice("run-cache", cfg.real_features) if c.mode == "live" else c for c in choices]
@@ -219,8 +250,12 @@ class RealSide:
 
     @property
     def record(self) -> RealSideChoice:
-        """The choice a run records (real_side.json, the artifact): the first backbone's."""
+        """The first backbone's choice (a single-backbone run's whole record)."""
         return self.choices[0]
+
+    def to_dict(self) -> dict:
+        """Every backbone's choice, by name (a joint run's real_side.json and its artifact's ``real_sides``)."""
+        return {"backbones": [{"backbone": bb.name, **c.to_dict()} for bb, c in zip(self.backbones, self.choices)]}
 
     def gradients(self, heads: dict[int, tuple[torch.Tensor, torch.Tensor]], n: int, sample_gen: torch.Generator,
                   aug_gen: torch.Generator | None = None, shard: Shard = SINGLE) -> dict[int, torch.Tensor]:
@@ -265,9 +300,9 @@ def open_real_side(cfg: DistillConfig, ds: ImageDataset, backbones: Sequence[Bac
 
 
 def record_real_side(cfg: DistillConfig, side: RealSide, run: RunDir | None) -> None:
-    """real_side.json (read back when a single-backbone run resumes), and a line for every standalone cache used."""
-    if run is not None and not cfg.joint:
-        atomic_write_json(run.path / REAL_SIDE_FILE, side.record.to_dict())
+    """real_side.json (read back when the run resumes), and a line for every standalone cache used."""
+    if run is not None:
+        atomic_write_json(run.path / REAL_SIDE_FILE, side.to_dict() if cfg.joint else side.record.to_dict())
     for k, choice in enumerate(side.choices):
         if choice.mode == "standalone":
             _log(f"real side: features from the cache {choice.cache_path} ({len(side.cached[k])} rows)")
