@@ -503,7 +503,8 @@ def table(results: Path, settings: Settings = SETTINGS) -> str:
         per_bb = {n: [ev[n]["top1"]["mean"] for _, ev in records] for n in names}
         means = [statistics.fmean(ev[n]["top1"]["mean"] for n in names) for _, ev in records]
         minutes = [rec["seconds"] / 60 for rec, _ in records]
-        span = f"{min(minutes):.0f}–{max(minutes):.0f}" if minutes else "–"
+        lo, hi = (f"{min(minutes):.0f}", f"{max(minutes):.0f}") if minutes else ("–", "–")
+        span = lo if lo == hi else f"{lo}–{hi}"
         label = SET_LABELS[set_name].format(**settings.backbones)
         lines.append(f"| {label} | {','.join(str(rec['seed']) for rec, _ in records) or '–'} | "
                      + " | ".join(cell(per_bb[n], n in own) for n in names)
