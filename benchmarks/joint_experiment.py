@@ -1,7 +1,8 @@
 """Joint vs single-backbone distillation against a dissimilar backbone (issue 22), resumable across sessions.
 
     OMP_NUM_THREADS=1 python benchmarks/joint_experiment.py --work /scratch/joint-work \\
-        --results docs/results/joint --doc docs/joint.md [--seeds 0,1,2] [--sets ...] [--max-sets N] [--budget-hours H]
+        --results docs/results/joint --doc docs/joint.md --doc README.md \\
+        [--seeds 0,1,2] [--sets ...] [--max-sets N] [--budget-hours H]
     python benchmarks/joint_experiment.py --table [--results docs/results/joint]    # print the table (reads JSON only)
     python benchmarks/joint_experiment.py --smoke [--work W --results R]           # seconds: toy backbones, tiny data
 
@@ -26,8 +27,8 @@ the single and joint sets of that seed) and every evaluation feature live in
 the feature store ($LGM_CACHE_DIR, else ~/.cache/lgm) and resume by chunk,
 each evaluating backbone's probes of a set are kept in the work directory as
 they finish. A result directory is written whole (renamed into place) or
-not at all. ``--doc`` rewrites the table between the markers of that file
-after every finished task (the test regenerates it from the results and
+not at all. ``--doc`` (repeatable: docs/joint.md and the README) rewrites the
+table between the markers of each file after every finished task (the test regenerates it from the results and
 compares). ``--budget-hours``: no task starts after the deadline and a
 distillation running at it checkpoints and stops (SIGTERM to itself), the
 script exiting 0; ``--max-sets``: stop after finishing that many tasks.
@@ -156,11 +157,13 @@ class BudgetReached(Exception):
 
 class Experiment:
     def __init__(self, settings: Settings, work: str | Path, results: str | Path, data_root: str | None = None,
-                 cache_dir: str | None = None, device: str = "cpu", doc: str | Path | None = None,
+                 cache_dir: str | None = None, device: str = "cpu",
+                 doc: str | Path | list[str | Path] | None = None,
                  deadline: float | None = None, log=None) -> None:
         self.settings, self.work, self.results = settings, Path(work), Path(results)
         self.data_root, self.cache_dir, self.device = data_root, cache_dir, device
-        self.doc, self.deadline = (None if doc is None else Path(doc)), deadline
+        docs = [] if doc is None else [doc] if isinstance(doc, (str, Path)) else list(doc)
+        self.docs, self.deadline = [Path(d) for d in docs], deadline
         self.checkpoint_every = CHECKPOINT_EVERY
         self.log = log or (lambda m: print(f"joint_experiment: {m}", file=sys.stderr, flush=True))
 
@@ -189,9 +192,9 @@ class Experiment:
         return made
 
     def result_written(self) -> None:
-        """After every result (each baseline backbone's too): the doc's table, so that it matches the results."""
-        if self.doc is not None:
-            write_doc_table(self.doc, self.results, self.settings)
+        """After every result (each baseline backbone's too): the docs' tables, so that they match the results."""
+        for doc in self.docs:
+            write_doc_table(doc, self.results, self.settings)
 
     def check_budget(self) -> None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -553,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, help="work directory (run directories, partial evaluations)")
     ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent.parent / "docs/results/joint")
-    ap.add_argument("--doc", type=Path, help="markdown file whose table (between the markers) is rewritten")
+    ap.add_argument("--doc", type=Path, action="append", help="markdown file whose table (between the markers) "
+                    "is rewritten; repeat for several")
     ap.add_argument("--seeds", default="0,1,2", help="distillation seeds, comma-separated")
     ap.add_argument("--sets", default=",".join([BASELINES, *SETS]), help=f"of {BASELINES},{','.join(SETS)}")
     ap.add_argument("--max-sets", type=int, default=0, help="stop after finishing this many tasks (0: all)")
@@ -574,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         register_smoke_backbones()
     if args.table:
         print(table(args.results, settings))
-        if args.doc is not None:
-            write_doc_table(args.doc, args.results, settings)
+        for doc in args.doc or []:
+            write_doc_table(doc, args.results, settings)
         return 0
     sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in sets if s not in SETS and s != BASELINES]

@@ -205,19 +205,21 @@ def test_budget_reached_during_a_distillation_checkpoints_it_and_stops(experimen
 def test_doc_table_follows_every_result_even_when_the_budget_ends_the_baselines_midway(experiment, tmp_path):
     import time
 
-    doc = tmp_path / "doc.md"
+    doc, readme = tmp_path / "doc.md", tmp_path / "README.md"
     doc.write_text(f"{je.DOC_BEGIN}\n{je.DOC_END}\n")
+    readme.write_text(f"# readme\n{je.DOC_BEGIN}\nstale\n{je.DOC_END}\nend\n")
 
     def log(message):
         if message.startswith("baselines_toy_smoke_a: done"):
             exp.deadline = time.time() - 1  # spent: the next backbone's baselines do not start
 
-    exp = experiment("x", doc=doc)
+    exp = experiment("x", doc=[doc, readme])
     exp.log = log
     assert exp.run(je.plan(["baselines", "lite0"], [0])) == ["baselines_toy_smoke_a"]
     assert sorted(p.name for p in exp.results.iterdir()) == ["baselines_toy_smoke_a"]
     table = je.doc_table(doc)
-    assert table == je.table(exp.results, je.SMOKE_SETTINGS)
+    assert table == je.table(exp.results, je.SMOKE_SETTINGS) == je.doc_table(readme)
+    assert readme.read_text().startswith("# readme\n") and readme.read_text().endswith("end\n")
     line = next(line for line in table.splitlines() if line.startswith("| centroids"))
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     assert cells[2] != "–" and cells[3:5] == ["–", "–"]  # the first backbone's, not yet the other two
@@ -256,9 +258,10 @@ def test_table_is_read_from_the_result_files(experiment, tmp_path):
     assert doc.read_text().startswith("intro\n") and doc.read_text().endswith(f"{je.DOC_END}\nafter\n")
 
 
-def test_committed_results_regenerate_the_table_in_docs_joint_md():
+@pytest.mark.parametrize("doc", ["docs/joint.md", "README.md"])
+def test_committed_results_regenerate_the_table_in_the_docs(doc):
     results = ROOT / "docs" / "results" / "joint"
-    assert je.doc_table(ROOT / "docs" / "joint.md") == je.table(results, je.SETTINGS)
+    assert je.doc_table(ROOT / doc) == je.table(results, je.SETTINGS)
 
 
 def test_committed_results_are_small():
