@@ -490,6 +490,63 @@ SET_LABELS = {"lite0": "single, {a}", "opennsfw": "single, {b}", "joint-all": "j
               "joint-sample": "joint `sample` ({a} + {b})"}
 
 
+def seed_records(results: Path, set_name: str) -> dict[int, tuple[dict, dict]]:
+    """seed -> (set.json, eval.json) of every committed result of ``set_name``, by seed."""
+    found = {}
+    for d in results.glob(f"{set_name}_s*"):
+        if (d / "set.json").is_file() and d.name[len(set_name) + 2:].isdigit():
+            record = json.loads((d / "set.json").read_text())
+            found[record["seed"]] = (record, json.loads((d / "eval.json").read_text()))
+    return dict(sorted(found.items()))
+
+
+def target_check(results: Path, settings: Settings = SETTINGS) -> str:
+    """Issue 22's target, paired by distillation seed: each joint set against the single sets of the same seed.
+
+    A seed counts once every set it needs is in; "met" means every criterion holds in that seed.
+    """
+    a, b = settings.backbones["a"], settings.backbones["b"]
+    names = [settings.backbones[r] for r in ROLES]
+    single_a, single_b = seed_records(results, "lite0"), seed_records(results, "opennsfw")
+    base_b = results / f"{BASELINES}_{b}" / "baselines.json"
+    centroids_b = (statistics.fmean(json.loads(base_b.read_text())["centroids"]["top1"]["values"]) * 100
+                   if base_b.is_file() else None)
+
+    def top1(ev: dict, n: str) -> float:
+        return ev[n]["top1"]["mean"] * 100
+
+    def mean(ev: dict) -> float:
+        return statistics.fmean(top1(ev, n) for n in names)
+
+    # (label, threshold, strict, the difference from the joint set's eval and the seed's single evals)
+    criteria = (
+        (f"on {a}: joint − single {a} (≥ −2)", -2.0, False, lambda ev, ea, eb: top1(ev, a) - top1(ea, a)),
+        (f"on {b}: joint − single {b} (≥ −2)", -2.0, False, lambda ev, ea, eb: top1(ev, b) - top1(eb, b)),
+        ("mean of the three: joint − the better single set (> 0)", 0.0, True,
+         lambda ev, ea, eb: mean(ev) - max(mean(ea), mean(eb))),
+        (f"on {b}: joint − {b}'s centroids (> 0)", 0.0, True, lambda ev, ea, eb: top1(ev, b) - centroids_b),
+    )
+    joints = [s for s, (roles, _) in SETS.items() if len(roles) > 1]
+    paired = {}  # joint set -> seed -> the criteria's differences
+    for j in joints:
+        paired[j] = {seed: [f(ev, single_a[seed][1], single_b[seed][1]) for _, _, _, f in criteria]
+                     for seed, (_, ev) in seed_records(results, j).items()
+                     if seed in single_a and seed in single_b and centroids_b is not None}
+    labels = [SET_LABELS[j].split(" (")[0] for j in joints]
+    lines = ["| target, paired by distillation seed | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(joints))]
+    for i, (label, _, _, _) in enumerate(criteria):
+        cells = [", ".join(f"s{seed} {d[i]:+.1f}" for seed, d in paired[j].items()) or "–" for j in joints]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def holds(d: list[float]) -> bool:
+        return all(v > t if strict else v >= t for v, (_, t, strict, _) in zip(d, criteria))
+
+    met = [f"in {sum(holds(d) for d in paired[j].values())} of {len(paired[j])} seed"
+           + ("s" if len(paired[j]) != 1 else "") if paired[j] else "–" for j in joints]
+    lines.append("| **all four met** | " + " | ".join(met) + " |")
+    return "\n".join(lines)
+
+
 def table(results: Path, settings: Settings = SETTINGS) -> str:
     """The markdown table of every result in ``results`` (reads the JSON files only)."""
     names = [settings.backbones[r] for r in ROLES]
@@ -497,11 +554,7 @@ def table(results: Path, settings: Settings = SETTINGS) -> str:
             "mean", "distillation (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for set_name, (roles, _) in SETS.items():
-        records = []
-        for d in sorted(results.glob(f"{set_name}_s*")):
-            if (d / "set.json").is_file() and d.name[len(set_name) + 2:].isdigit():
-                records.append((json.loads((d / "set.json").read_text()), json.loads((d / "eval.json").read_text())))
-        records.sort(key=lambda r: r[0]["seed"])
+        records = list(seed_records(results, set_name).values())
         own = {settings.backbones[r] for r in roles}
         per_bb = {n: [ev[n]["top1"]["mean"] for _, ev in records] for n in names}
         means = [statistics.fmean(ev[n]["top1"]["mean"] for n in names) for _, ev in records]
@@ -525,7 +578,7 @@ def table(results: Path, settings: Settings = SETTINGS) -> str:
     for label, values in rows:
         lines.append(f"| {label} | | " + " | ".join(cell(values(base[n]) if base[n] else []) for n in names)
                      + " | | |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + target_check(results, settings)
 
 
 def write_doc_table(doc: Path, results: Path, settings: Settings = SETTINGS) -> None:

@@ -268,3 +268,36 @@ def test_committed_results_are_small():
     results = ROOT / "docs" / "results" / "joint"
     total = sum(p.stat().st_size for p in results.rglob("*") if p.is_file()) if results.exists() else 0
     assert total < 20 * 2**20
+
+
+def write_fake_result(results: Path, name: str, seed: int, top1: dict[str, float]) -> None:
+    d = results / f"{name}_s{seed}"
+    d.mkdir(parents=True)
+    (d / "set.json").write_text(json.dumps({"seed": seed, "seconds": 60.0}))
+    (d / "eval.json").write_text(json.dumps({n: {"top1": {"mean": v / 100}} for n, v in top1.items()}))
+
+
+def test_target_check_pairs_each_joint_set_with_the_single_sets_of_its_seed(tmp_path):
+    a, b, c = (je.SMOKE_SETTINGS.backbones[r] for r in je.ROLES)
+    results = tmp_path / "results"
+    (results / f"baselines_{b}").mkdir(parents=True)
+    (results / f"baselines_{b}" / "baselines.json").write_text(
+        json.dumps({"centroids": {"top1": {"values": [0.60, 0.64]}}, "random": [], "full": {"top1": {"values": [0.9]}}}))
+    # (centroids on b: 62)
+    # seed 0: every criterion holds; seed 1: the joint set is 2.5 below the single set on a.
+    write_fake_result(results, "lite0", 0, {a: 80, b: 60, c: 70})        # mean 70
+    write_fake_result(results, "opennsfw", 0, {a: 65, b: 78, c: 64})     # mean 69
+    write_fake_result(results, "joint-all", 0, {a: 79, b: 78.5, c: 70})  # mean 75.83
+    write_fake_result(results, "lite0", 1, {a: 80, b: 60, c: 70})
+    write_fake_result(results, "opennsfw", 1, {a: 65, b: 78, c: 64})
+    write_fake_result(results, "joint-all", 1, {a: 77.5, b: 78, c: 70})
+    write_fake_result(results, "joint-sample", 2, {a: 80, b: 80, c: 80})  # no single sets of seed 2: not paired
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:]
+            for line in je.target_check(results, je.SMOKE_SETTINGS).splitlines()[2:]}
+    assert rows[f"on {a}: joint − single {a} (≥ −2)"] == ["s0 -1.0, s1 -2.5", "–"]
+    assert rows[f"on {b}: joint − single {b} (≥ −2)"] == ["s0 +0.5, s1 +0.0", "–"]
+    assert rows["mean of the three: joint − the better single set (> 0)"] == ["s0 +5.8, s1 +5.2", "–"]
+    assert rows[f"on {b}: joint − {b}'s centroids (> 0)"] == ["s0 +16.5, s1 +16.0", "–"]
+    assert rows["**all four met**"] == ["in 1 of 2 seeds", "–"]
+    # The check is part of the table the docs hold (and so of the committed-results test).
+    assert je.target_check(results, je.SMOKE_SETTINGS) in je.table(results, je.SMOKE_SETTINGS)
