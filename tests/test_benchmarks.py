@@ -110,9 +110,13 @@ def test_joint_experiment_smoke():
     out = run_script("joint_experiment.py", "--smoke", "--seeds", "0")
     assert "made now: baselines_toy_smoke_a, baselines_toy_smoke_b, baselines_toy_smoke_c, lite0_s0, opennsfw_s0, " \
            "joint-all_s0, joint-sample_s0" in out
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+    table, check = out[out.index("| set |"):].split("\n\n", 1)
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
             if line.startswith("| ")][1:]
     assert len(rows) == 7  # 4 sets, centroids, random, full
+    # the target check below it pairs both joint sets with the single sets of seed 0
+    met = next(line for line in check.splitlines() if line.startswith("| **all four met**"))
+    assert met.count("of 1 seed") == 2, check
     # every set on the 3 backbones and its mean, every baseline on the 3 backbones ("–" would fail here)
     cells = [c for row in rows[:4] for c in row[2:6]] + [c for row in rows[4:] for c in row[2:5]]
     values = [float(c.strip("*").split(" ±")[0]) for c in cells]
