@@ -193,7 +193,9 @@ def test_gpu_check_smoke(tmp_path):
     assert checks[("live", "live step")]["data"]["streaming"] is True
     assert checks[("live", "images/s vs demand")]["data"]["delivered"] > 0
     assert checks[("evaluation", "probe")]["data"]["seconds"] > 0
-    assert checks[("projection", "ImageNet-100")]["data"]["seconds"] > 5000 * step  # the steps and more
+    # the steps (at the faster of eager and compiled, never slower than eager) and more
+    proj = checks[("projection", "ImageNet-100")]["data"]
+    assert proj["seconds"] > proj["parts"]["distill"] > 0 and proj["parts"]["distill"] <= 5000 * step * (1 + 1e-9)
     # The printed table carries the same rows.
     table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| section")]
     assert len(table) == len(rows)
