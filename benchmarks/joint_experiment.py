@@ -157,13 +157,11 @@ class BudgetReached(Exception):
 
 class Experiment:
     def __init__(self, settings: Settings, work: str | Path, results: str | Path, data_root: str | None = None,
-                 cache_dir: str | None = None, device: str = "cpu",
-                 doc: str | Path | list[str | Path] | None = None,
+                 cache_dir: str | None = None, device: str = "cpu", docs: list[str | Path] | None = None,
                  deadline: float | None = None, log=None) -> None:
         self.settings, self.work, self.results = settings, Path(work), Path(results)
         self.data_root, self.cache_dir, self.device = data_root, cache_dir, device
-        docs = [] if doc is None else [doc] if isinstance(doc, (str, Path)) else list(doc)
-        self.docs, self.deadline = [Path(d) for d in docs], deadline
+        self.docs, self.deadline = [Path(d) for d in docs or ()], deadline
         self.checkpoint_every = CHECKPOINT_EVERY
         self.log = log or (lambda m: print(f"joint_experiment: {m}", file=sys.stderr, flush=True))
 
@@ -490,6 +488,10 @@ SET_LABELS = {"lite0": "single, {a}", "opennsfw": "single, {b}", "joint-all": "j
               "joint-sample": "joint `sample` ({a} + {b})"}
 
 
+def count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("s" if n != 1 else "")
+
+
 def seed_records(results: Path, set_name: str) -> dict[int, tuple[dict, dict]]:
     """seed -> (set.json, eval.json) of every committed result of ``set_name``, by seed."""
     found = {}
@@ -541,8 +543,8 @@ def target_check(results: Path, settings: Settings = SETTINGS) -> str:
     def holds(d: list[float]) -> bool:
         return all(v > t if strict else v >= t for v, (_, t, strict, _) in zip(d, criteria))
 
-    met = [f"in {sum(holds(d) for d in paired[j].values())} of {len(paired[j])} seed"
-           + ("s" if len(paired[j]) != 1 else "") if paired[j] else "–" for j in joints]
+    met = [f"in {sum(holds(d) for d in paired[j].values())} of {count(len(paired[j]), 'seed')}" if paired[j] else "–"
+           for j in joints]
     lines.append("| **all four met** | " + " | ".join(met) + " |")
     return "\n".join(lines)
 
@@ -567,9 +569,6 @@ def table(results: Path, settings: Settings = SETTINGS) -> str:
                      + f" | {cell(means)} | {span} |")
     base = {n: json.loads(p.read_text()) if (p := results / f"{BASELINES}_{n}" / "baselines.json").is_file() else None
             for n in names}
-    def count(n: int, what: str) -> str:
-        return f"{n} {what}" + ("s" if n != 1 else "")
-
     rows = ((f"centroids (chosen on the evaluating backbone, {count(settings.repeats, 'probe seed')})",
              lambda b: b["centroids"]["top1"]["values"]),
             (f"random real ({count(settings.random_selections, 'selection')})",

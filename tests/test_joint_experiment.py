@@ -213,7 +213,7 @@ def test_doc_table_follows_every_result_even_when_the_budget_ends_the_baselines_
         if message.startswith("baselines_toy_smoke_a: done"):
             exp.deadline = time.time() - 1  # spent: the next backbone's baselines do not start
 
-    exp = experiment("x", doc=[doc, readme])
+    exp = experiment("x", docs=[doc, readme])
     exp.log = log
     assert exp.run(je.plan(["baselines", "lite0"], [0])) == ["baselines_toy_smoke_a"]
     assert sorted(p.name for p in exp.results.iterdir()) == ["baselines_toy_smoke_a"]
