@@ -380,11 +380,12 @@ def test_cli_joint_run_then_eval_and_crossmodel(fashion_root, tmp_path, register
 def test_live_real_side_draws_one_batch_for_every_backbone(fashion_root):
     from lgm.data import load_dataset
     from lgm.features import LiveReal
+    from lgm.real_side import RealSide
 
     ds = load_dataset("fashion-mnist", str(fashion_root))
     bbs = [toy_variant("toy_a"), toy_variant("fixed24", 24, dim=12, seed=1)]
     aug, cpu = AugmentConfig(), torch.device("cpu")
-    joint_real = lgm.joint.JointReal(bbs, live=LiveReal(ds.train, 16, 14, aug, bbs[0], cpu, _null()))
+    joint_real = RealSide(bbs, live=LiveReal(ds.train, 16, 14, aug, bbs[0], cpu, _null()))
     g = torch.Generator().manual_seed(0)
     heads = {0: sample_head(10, 32, g), 1: sample_head(10, 12, g)}
     got = joint_real.gradients(heads, 60, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
