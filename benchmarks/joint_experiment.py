@@ -5,6 +5,7 @@
         [--seeds 0,1,2] [--sets ...] [--max-sets N] [--budget-hours H]
     python benchmarks/joint_experiment.py --table [--results docs/results/joint]    # print the table (reads JSON only)
     python benchmarks/joint_experiment.py --smoke [--work W --results R]           # seconds: toy backbones, tiny data
+    python benchmarks/joint_experiment.py --recheck joint-all_s1 [--on effnet_lite0]  # probe a committed set again, compare
 
 Sets (each with distillation seeds 0, 1, 2, ...): ``lite0`` (distilled on
 effnet_lite0), ``opennsfw`` (on opennsfw_resnet50), ``joint-all`` and
@@ -351,6 +352,34 @@ class Experiment:
         (r,) = evaluate_artifact(artifact, self.eval_config(backbone, repeats), where=backbone, log=self.log).values()
         return compact_scores(r) | {"seconds": round(time.perf_counter() - t0, 1)}
 
+    # -- checking a committed result
+
+    def recheck(self, name: str, backbones: list[str] | None = None) -> list[dict]:
+        """Probe the committed set ``name`` (e.g. ``joint-all_s1``) again from its PNG on each evaluating backbone
+        its eval.json holds (or only on ``backbones``); per backbone the committed and the recomputed top-1 of every
+        probe seed and their largest difference. Writes nothing but feature-store entries."""
+        from lgm.errors import LgmError
+
+        directory = self.results / name
+        if not (directory / "set.json").is_file():
+            raise LgmError(f"{directory} holds no committed set (set.json); the sets there: "
+                           f"{', '.join(committed_sets(self.results)) or 'none'}")
+        self._checked(directory, "set.json")
+        committed = json.loads((directory / "eval.json").read_text())
+        unknown = [b for b in backbones or () if b not in committed]
+        if unknown:
+            raise LgmError(f"{directory / 'eval.json'} has no probes on {', '.join(unknown)} "
+                           f"(it has {', '.join(committed)})")
+        artifact = load_result(directory)
+        rows = []
+        for bb in backbones or list(committed):
+            got = self.evaluate(artifact, bb, len(committed[bb]["top1"]["values"]))
+            want, now = committed[bb]["top1"]["values"], got["top1"]["values"]
+            rows.append({"set": name, "backbone": bb, "committed": want, "recomputed": now,
+                         "nn1": (committed[bb].get("nn1"), got.get("nn1")),
+                         "max_diff": max(abs(a - b) for a, b in zip(want, now))})
+        return rows
+
     # -- baselines
 
     def baselines(self, made: list[str]) -> None:
@@ -394,6 +423,11 @@ class Experiment:
             self.result_written()
             self.log(f"{name}: done -> {self.results / name}")
             made.append(name)
+
+
+def committed_sets(results: Path) -> list[str]:
+    """The names of the distilled sets in a results area (``<set>_s<seed>``), sorted."""
+    return sorted(p.parent.name for p in Path(results).glob("*/set.json"))
 
 
 def compact_scores(r: dict) -> dict:
@@ -604,6 +638,33 @@ def doc_table(doc: Path) -> str:
 # ----------------------------------------------------------------------------------------------- the command
 
 
+def recheck_command(args, settings: Settings) -> int:
+    from lgm.errors import LgmError
+
+    names = committed_sets(args.results) if args.recheck == "all" else [n for n in args.recheck.split(",") if n]
+    exp = Experiment(settings, args.work or Path(tempfile.gettempdir()), args.results, args.data_root,
+                     args.cache_dir, args.device)
+    moved = 0
+    try:
+        for name in names:
+            for row in exp.recheck(name, args.on):
+                same = row["max_diff"] == 0
+                ok = row["max_diff"] <= args.tolerance
+                moved += not ok
+                verdict = "bit for bit" if same else f"largest difference {100 * row['max_diff']:.2f} points"
+                print(f"{name} on {row['backbone']}: {verdict} "
+                      f"({'ok' if ok else 'MOVED'}; committed {fmt_top1(row['committed'])}, "
+                      f"now {fmt_top1(row['recomputed'])}; 1-NN {row['nn1'][0]} / {row['nn1'][1]})")
+    except LgmError as e:
+        print(f"joint_experiment: error: {e}", file=sys.stderr)
+        return 1
+    return 1 if moved else 0
+
+
+def fmt_top1(values: list[float]) -> str:
+    return " ".join(f"{100 * v:.2f}" for v in values)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, help="work directory (run directories, partial evaluations)")
@@ -620,6 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", help="feature store and real caches (default $LGM_CACHE_DIR, else ~/.cache/lgm)")
     ap.add_argument("--table", action="store_true", help="print the table of --results (and write it into --doc) "
                     "and exit")
+    ap.add_argument("--recheck", metavar="SET[,SET]", help="probe committed sets (e.g. joint-all_s1, or 'all') "
+                    "again from their PNGs and compare with their eval.json; exit 1 if a probe seed's top-1 moved by "
+                    "more than --tolerance")
+    ap.add_argument("--on", metavar="BACKBONE", action="append", help="with --recheck: only this evaluating "
+                    "backbone (repeatable; default every one the set's eval.json holds)")
+    ap.add_argument("--tolerance", type=float, default=0.0, help="with --recheck: the largest difference in top-1 "
+                    "(a fraction; 0: bit for bit, as on the machine type that made the result) still accepted")
     ap.add_argument("--smoke", action="store_true", help="toy backbones, tiny data in a temporary directory")
     args = ap.parse_args(argv)
     from lgm.errors import LgmError
@@ -633,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         for doc in args.doc or []:
             write_doc_table(doc, args.results, settings)
         return 0
+    if args.recheck:
+        return recheck_command(args, settings)
     sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in sets if s not in SETS and s != BASELINES]
     if unknown:

@@ -301,3 +301,34 @@ def test_target_check_pairs_each_joint_set_with_the_single_sets_of_its_seed(tmp_
     assert rows["**all four met**"] == ["in 1 of 2 seeds", "–"]
     # The check is part of the table the docs hold (and so of the committed-results test).
     assert je.target_check(results, je.SMOKE_SETTINGS) in je.table(results, je.SMOKE_SETTINGS)
+
+
+def test_recheck_reprobes_a_committed_set_and_catches_a_score_that_does_not_match_it(experiment, fashion_root, capsys):
+    exp = experiment("r")
+    assert exp.run(je.plan(["lite0"], [0])) == ["lite0_s0"]
+    rows = exp.recheck("lite0_s0")
+    assert [r["backbone"] for r in rows] == list(je.SMOKE_SETTINGS.backbones.values())
+    assert all(r["max_diff"] == 0 and r["committed"] == r["recomputed"] for r in rows)
+    argv = ["--smoke", "--results", str(exp.results), "--data-root", str(fashion_root),
+            "--cache-dir", str(exp.cache_dir)]
+    assert je.main([*argv, "--recheck", "all"]) == 0
+    assert capsys.readouterr().out.count("bit for bit (ok") == 3
+    # A committed score that its images do not give: reported, and the exit status says so.
+    ev_path = exp.results / "lite0_s0" / "eval.json"
+    ev = json.loads(ev_path.read_text())
+    b = je.SMOKE_SETTINGS.backbones["b"]
+    ev[b]["top1"]["values"][1] += 0.25
+    ev_path.write_text(json.dumps(ev))
+    assert je.main([*argv, "--recheck", "lite0_s0", "--on", b]) == 1
+    out = capsys.readouterr().out
+    assert f"lite0_s0 on {b}: largest difference 25.00 points (MOVED" in out and out.count("\n") == 1
+    assert je.main([*argv, "--recheck", "lite0_s0", "--on", b, "--tolerance", "0.3"]) == 0
+    # Images that are not the ones recorded are refused, as is a set or a backbone the results do not hold.
+    png = exp.results / "lite0_s0" / "images.png"
+    png.write_bytes(png.read_bytes() + b"\0")
+    assert je.main([*argv, "--recheck", "lite0_s0"]) == 1
+    assert "is not the image its set.json was written with" in capsys.readouterr().err
+    for bad, said in (("joint-all_s0", "the sets there: lite0_s0"), ("lite0_s0 --on nope", "no probes on nope")):
+        name, *more = bad.split()
+        assert je.main([*argv, "--recheck", name, *more]) == 1
+        assert said in capsys.readouterr().err
