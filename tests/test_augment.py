@@ -315,3 +315,36 @@ def test_the_normal_prefix_check_holds_on_this_torch():
     assert not A.normal_prefix_is_exact(g, 40 * 3 * 13 * 13)  # not a multiple of 16: the tail is redrawn
     whole = torch.randn(64, 3, 16, 16, generator=g.manual_seed(3))
     assert torch.equal(whole[:40], torch.randn(40, 3, 16, 16, generator=g.manual_seed(3)))
+
+
+@pytest.mark.parametrize("start, stop", [(0, 40), (7, 33), (3, 9), (20, 20)])
+def test_the_views_gradient_sums_each_images_tiles_in_order_on_several_threads(start, stop):
+    """Views tile the images (view v shows image v mod N); the gradient an image gets is the sum of its views'
+    gradients in view order, bit for bit, however many threads run (an index-accumulating backward was
+    ordered by the threads: two identical 2-thread runs differed)."""
+    import lgm.augment as A
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n = 10
+        x = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        views = A.ViewAugmenter(AugmentConfig(kind="none", noise_std=0.0), 64, torch.device("cpu"))
+        v = views.views(x, start, stop, step_seed=1)
+        assert torch.equal(v.detach(), x.detach()[torch.arange(start, stop) % n])
+        seen, stack = set(), [v.grad_fn]
+        while stack:  # no node of the graph accumulates by index
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            assert "Index" not in type(fn).__name__, type(fn).__name__
+            stack.extend(f for f, _ in fn.next_functions)
+        r = torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+        (v * r).sum().backward()
+        want = torch.zeros_like(x)
+        for k in range(start, stop):
+            want[k % n] += r[k - start]
+        assert torch.equal(x.grad if x.grad is not None else torch.zeros_like(x), want)
+    finally:
+        torch.set_num_threads(before)

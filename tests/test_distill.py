@@ -304,3 +304,21 @@ def test_init_from_real_starts_at_real_images(fashion_root, tmp_path):
     assert ds.train.labels[idx].tolist() == list(range(10))
     # One step at a negligible learning rate: the images are still those real ones.
     torch.testing.assert_close(result.images, ds.train.load(idx, 16).expand(-1, 3, -1, -1), atol=2e-3, rtol=0)
+
+
+def test_two_identical_runs_on_two_threads_give_the_same_bits(fashion_root):
+    """The same run in three fresh 2-thread processes, at sizes where the CPU kernels split work between the
+    threads: identical images (the synthetic views' backward once took its sums in thread order)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib, sys, torch; from lgm.distillation import distill; torch.set_num_threads(2); "
+              "r = distill('fashion-mnist', 'toy_cnn', data_root=sys.argv[1], steps=4, res=64, crop=64, augs=4, "
+              "progress=False, device='cpu'); "
+              "print(hashlib.sha256(r.images.contiguous().numpy().tobytes()).hexdigest())")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    digests = {subprocess.run([sys.executable, "-c", script, str(fashion_root)], env=env, check=True, timeout=300,
+                              capture_output=True, text=True).stdout.split()[-1] for _ in range(3)}
+    assert len(digests) == 1, digests

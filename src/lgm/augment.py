@@ -186,8 +186,12 @@ class ViewAugmenter:
 
     def views(self, images: torch.Tensor, start: int, stop: int, step_seed: int) -> torch.Tensor:
         n = images.shape[0]
-        ids = torch.arange(start, stop, device=images.device) % n
-        return self.augment_range(images[ids], start, step_seed)
+        # The tiles by repeat, not images[arange % n]: that indexing's backward accumulates by index, and on a
+        # multi-threaded CPU its order (so the gradient's last bits) changed from one process to the next, so
+        # two identical runs drifted apart. repeat's backward sums the tiles in order: the one-thread bits, always.
+        first, last = start // n, -(-stop // n)
+        tiled = images if last - first == 1 else images.repeat(last - first, *([1] * (images.dim() - 1)))
+        return self.augment_range(tiled[start - first * n:stop - first * n], start, step_seed)
 
     def augment_range(self, x: torch.Tensor, start: int, step_seed: int) -> torch.Tensor:
         """Augment ``x`` as views ``start .. start + len(x)`` of a step (each row its own draws)."""
